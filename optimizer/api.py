@@ -1237,9 +1237,10 @@ def _lengths_a_rewrite_compares(
     before: ir.Model,
 ) -> list[tuple[dict[str, np.ndarray], str]]:
     """The sets, with their labels, of the first set's sizes with a named dim at each length ``candidate`` compares
-    with a constant where ``before`` does not (``compared_lengths``), going another way than every set of
-    ``verifier``: ``_add_compared_lengths`` reads the original graph once, and a rewrite that wrote a comparison of
-    its own (a decoder's query scaled where 2 tokens are new, or where the mask is 64 long) verified (review s76).
+    with a constant where ``before`` does not (``compared_lengths``, its comparisons of one dim taken together too: a
+    length between two thresholds), going another way than every set of ``verifier``: ``_add_compared_lengths``
+    reads the original graph once, and a rewrite that wrote a comparison of its own (a decoder's query scaled where 2
+    tokens are new, or where the mask is 64 long) verified (review s76).
     A decoder's mask length (``cache_length_dims``) is drawn as one new token over a past one shorter, as a decode
     step at that context runs. Within ``max_positions``, ``_COMPARED_LENGTH_SETS`` sets and the bytes
     ``_add_compared_lengths`` allows a set, not a dim ``dims`` fixes; a set the original refuses is left to
@@ -1256,9 +1257,12 @@ def _lengths_a_rewrite_compares(
         for name, size in found.items():
             held.setdefault(name, set()).add(size)
         bindings.append(found)
-    already = compared_lengths(before, held, bindings[0], bindings)
+    # The ways the comparisons of a dim go together too (``between``): ``2 <= S < 4`` beside 1 and 128 new tokens,
+    # each side of each threshold held apart, was never drawn until review s76 xfix2. Read on ``before`` alike, the
+    # ways its comparisons alone go are left to the sets drawn for the original, as they were.
+    already = compared_lengths(before, held, bindings[0], bindings, between=True)
     sets: list[tuple[dict[str, np.ndarray], str]] = []
-    for name, wanted in compared_lengths(candidate, held, bindings[0], bindings).items():
+    for name, wanted in compared_lengths(candidate, held, bindings[0], bindings, between=True).items():
         if name in (dims or {}) or name not in first_dims:
             continue
         for length in wanted:

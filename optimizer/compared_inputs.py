@@ -1343,6 +1343,8 @@ def compared_lengths(
     held: Mapping[str, Collection[int]] | None = None,
     sizes: Mapping[str, int] | None = None,
     bindings: Sequence[Mapping[str, int]] | None = None,
+    *,
+    between: bool = False,
 ) -> dict[str, list[int]]:
     """Each named symbolic dim (or, as ``UNNAMED_LENGTH``, one without a name past the first axis) of an input whose
     length the graph reads through ``Shape`` (or ``Size``: of its last symbolic dim, the others at their ``sizes``,
@@ -1359,8 +1361,12 @@ def compared_lengths(
     branch those select verified until a review in session 73. A product of lengths, ``ReduceProd(Shape(x)) > 1000``
     or a ``Mul`` of two, is read as ``Size`` is, and two lengths compared with each other, ``Shape(a)[1] <
     Shape(b)[1]``, at the lengths of each that tell it apart beside the other's size (``_lengths_met``: those sides no
-    set of ``bindings``, each set's sizes, holds); neither until a later review in session 74."""
+    set of ``bindings``, each set's sizes, holds); neither until a later review in session 74. With ``between``, also
+    a length for each way the comparisons of one dim go together that no held length (nor one kept) goes: ``2 <= L``
+    and ``L < 4`` beside 1 and 128, whose sides each held apart, at 2 (``_lengths_between``; a rewrite that branched
+    there verified until review s76 xfix2)."""
     found: dict[str, dict[int, None]] = {}
+    compared: dict[Any, list[tuple[list[int], Callable[[int], Any]]]] = {}
     meets: list[_Met] = []
     starts = _length_starts(model, sizes)  # each walk's start and the elements it holds
     multiplied: set[int] = set()
@@ -1371,6 +1377,7 @@ def compared_lengths(
                 sides = {side(n) for n in (held or {}).get(key, ())}
                 kept = [n for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH and side(n) not in sides]
                 found.setdefault(key, {}).update(dict.fromkeys(kept))
+                compared.setdefault(key, []).append((lengths, side))
         # Two lengths a ``Mul`` multiplies (``Shape(x)[0] * Shape(x)[1] > 1000``): their product followed as one.
         for node, ends in _met_pairs(meets, ("Mul",)):
             if id(node) not in multiplied and (product := _product_of_lengths([end[:2] for end in ends], sizes)):
@@ -1378,7 +1385,31 @@ def compared_lengths(
                 starts.append((node.outputs[0], product))
     for key, lengths in _lengths_met(meets, sizes, bindings):
         found.setdefault(key, {}).update(dict.fromkeys(lengths))
+    for key, sides in compared.items() if between else ():
+        kept = found.setdefault(key, {})
+        kept.update(dict.fromkeys(_lengths_between(sides, (held or {}).get(key, ()), kept)))
     return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+
+
+def _lengths_between(
+    compared: Sequence[tuple[list[int], Callable[[int], Any]]], held: Collection[int], kept: Collection[int]
+) -> list[int]:
+    """The lengths (of those the comparisons of one dim, ``compared``, tell apart: ``(lengths, side)``) that go a way
+    across all of them together that no ``held`` nor ``kept`` length goes, the shortest of each way: each comparison
+    held apart, ``2 <= L < 4`` beside 1 and 128 (each side of each threshold held) was never drawn at 2 or 3."""
+    if len(compared) < 2:
+        return []
+
+    def way(length: int) -> tuple[Any, ...]:
+        return tuple(side(length) for _, side in compared)
+
+    gone = {way(n) for n in (*held, *kept)}
+    between = []
+    for length in sorted({n for lengths, _ in compared for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH}):
+        if (went := way(length)) not in gone:
+            gone.add(went)
+            between.append(length)
+    return between
 
 
 def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None = None) -> dict[str, int]:

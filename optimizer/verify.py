@@ -2724,7 +2724,9 @@ class Verifier:
         rewrite that swapped those two rows, in every real input, was verified (review s75 mutants). A table changed
         in more rows than one input set holds ids and read in some (a scale folded into it) is left to the draws, which
         read it; one read in none, a set reads as many of its rows as it holds, spread over them. Each row is read a
-        different number of times where the set holds them so, so that a pooled sum of the rows tells a swap."""
+        different number of times where the set holds them so, so that a pooled sum of the rows tells a swap; where a
+        set has a sample (a row along the ids' first axis) for each, each fills the kept tokens of a sample of its own
+        instead, so that a max (or any pooling over a sample's tokens) tells a swap too."""
         if not self.input_sets:
             return ""
         first = self.input_sets[0]
@@ -2741,6 +2743,26 @@ class Verifier:
             # ids, they raised OverflowError, and the pass failed (review s75 late75g).
             missing = [row for row in rows if row not in reached and row <= np.iinfo(ids.dtype).max]
             read = any(row in reached for row in rows)
+            # Each row alone in a sample (every kept token of it) of the first set with a sample for each: read
+            # together in one, a swap of two rows hid in a model that max-pools its tokens' rows (or pools them another
+            # way their order does not change), and it was verified until review s76 xfix2. Every token, not one
+            # beside drawn ones: a max over 128 tokens shows a row only where it is the largest.
+            alone = next(
+                (
+                    (index, samples)
+                    for index, inputs in enumerate(self.input_sets)
+                    if missing and len(samples := self._kept_samples(inputs, name, ids.dtype)) >= len(missing)
+                ),
+                None,
+            )
+            if alone is not None:
+                index, samples = alone
+                reaching = np.array(self.input_sets[index][name], copy=True)
+                for row, kept_tokens in zip(missing, samples):
+                    reaching.reshape(-1)[kept_tokens] = row
+                if note := self._reach_rows(index, name, table, missing, reaching):
+                    notes.append(note)
+                continue
             # Written where the set's masks keep the tokens: where they pad, the outputs are hidden from the check (a
             # left-padded set read the rows a pass swapped there, and it was verified until review s76 late76a).
             padding = paddings(first, self.masks).get(ids.shape)
@@ -2759,12 +2781,29 @@ class Verifier:
             written = np.repeat(missing, repeats) if repeats.sum() <= kept.size else np.asarray(missing)
             reaching = np.array(ids, copy=True)
             reaching.reshape(-1)[kept[: len(written)]] = written.astype(ids.dtype)
-            inputs = {**first, name: reaching}
-            shown = ", ".join(str(row) for row in missing[:4]) + (", ..." if len(missing) > 4 else "")
-            label = f"{self.labels[0]}, {name} reading rows {shown} of {table!r}, which the pass changed"
-            if self._add_reaching_set(inputs, label):
-                notes.append(f"also checked on {label} (no input set read those rows)")
+            if note := self._reach_rows(0, name, table, missing, reaching):
+                notes.append(note)
         return "; ".join(notes)
+
+    def _kept_samples(self, inputs: Mapping[str, np.ndarray], name: str, dtype: np.dtype) -> list[np.ndarray]:
+        """The flat positions of ``inputs[name]`` (ids of ``dtype``, at least two axes) that its masks keep, one array
+        for each row along its first axis that keeps any (``reach_rewritten_rows``); none for other ids."""
+        ids = inputs.get(name)
+        if not isinstance(ids, np.ndarray) or ids.dtype != dtype or ids.ndim < 2 or ids.size == 0:
+            return []
+        padding = paddings(inputs, self.masks).get(ids.shape)
+        kept = (~padding if padding is not None else np.ones(ids.shape, bool)).reshape(len(ids), -1)
+        at = np.arange(ids.size).reshape(len(ids), -1)
+        return [at[sample][kept[sample]] for sample in range(len(ids)) if kept[sample].any()]
+
+    def _reach_rows(self, index: int, name: str, table: str, rows: list[int], reaching: np.ndarray) -> str:
+        """Add input set ``index`` with ``reaching`` for its ``name``, the set that reads ``rows`` of ``table``; the
+        note saying so, or "" where the original or the base refuses it (``reach_rewritten_rows``)."""
+        shown = ", ".join(str(row) for row in rows[:4]) + (", ..." if len(rows) > 4 else "")
+        label = f"{self.labels[index]}, {name} reading rows {shown} of {table!r}, which the pass changed"
+        if not self._add_reaching_set({**self.input_sets[index], name: reaching}, label):
+            return ""
+        return f"also checked on {label} (no input set read those rows)"
 
     def reach_compared_lengths(self, candidate: ir.Model, before: ir.Model) -> str:
         """Add the input sets ``length_sets`` makes for the lengths ``candidate`` compares with constants where

@@ -18,12 +18,8 @@ _NAMED: dict[str, str] = {
         "only over a longer context, a `GroupQueryAttention` given a sliding window of 1,024 tokens that the model "
         "does not have, is verified"
     ),
-    "test_a_length_between_two_thresholds_the_rewrite_compares_is_verified_at": (
-        "Each comparison is held apart: a length between two thresholds whose sides every set holds one at a time is "
-        "not drawn"
-    ),
-    "test_rows_swapped_in_a_max_pooled_bag_of_embeddings_are_rolled_back": (
-        "a model that max-pools its tokens' embedding rows still hides such a swap"
+    "test_more_changed_rows_than_samples_in_a_max_pooled_bag_are_rolled_back": (
+        "there a max-pooled model still hides a swap of rows read in one sample"
     ),
 }
 
