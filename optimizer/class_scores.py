@@ -379,7 +379,9 @@ class IdsBeside(NamedTuple):
     an input of no ids), and the inputs themselves; the ops that move its values on the way out, from the
     ``Concat`` on (``_LAYOUT_OPS``: none where it is returned as it is), and the shapes of the ``Concat``'s output
     and of each of those ops' outputs but the last in a run (None where not read: ``optimizer.verify`` reads them
-    on each input set's run and places the ids through them)."""
+    on each input set's run and places the ids through them); and the inputs of ids whose size along the axis a run
+    tells, not their picker (by index: ids reshaped before they are joined, ``_picked_along``), and those not in
+    their picker's order (transposed before they are joined: not read back as its picks)."""
 
     axis: int
     widths: tuple[int | None, ...]
@@ -387,12 +389,16 @@ class IdsBeside(NamedTuple):
     joined: tuple[ir.Value | None, ...] = ()
     passed: tuple[ir.Node, ...] = ()
     shapes: tuple[tuple[int, ...], ...] | None = None
+    sized_by_run: tuple[int, ...] = ()
+    out_of_order: tuple[int, ...] = ()
 
 
 # Ops that move a tensor's values without changing them, each position of the output one of the input's (a
 # ``Reshape``, ``Flatten``, ``Squeeze`` or ``Unsqueeze`` keeps their order, flat; a ``Transpose`` permutes its axes):
-# ids a ``Concat`` joins to scores are found through them (``concatenated_ids``), their positions traced.
-_LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose")
+# ids a ``Concat`` joins to scores are found through them (``concatenated_ids``), their positions traced. And a
+# ``Cast``, which keeps each value where it is: ``Cast(Concat(top, ids))`` to float16, not read, was held by float16's
+# tolerance, and ids past 100 classes one class off verified until review s76 late76b.
+_LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast")
 
 
 def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = None) -> dict[str, IdsBeside]:
@@ -409,9 +415,10 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
     were not found until review s75 xfix2; without any, axes spelled from both ends are not matched. The ``Concat`` is
     read through ``Identity`` and ``Dropout`` (``_passed_on``): a Paddle export's closing Identity hid such ids until
     review s75 xfix2. And through ops that move its values on the way out (``joined_through``: a ``Reshape``,
-    ``Flatten``, ``Squeeze``, ``Unsqueeze`` or ``Transpose``; ``IdsBeside.passed``), its axes read at the ``Concat``'s
-    own rank (in ``ranks`` by its output's name, else recorded there or on an input; not the output's): flattened,
-    such ids were held by the float tolerance until review s76 xfix, one class off past 10,000 classes verified."""
+    ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Transpose`` or ``Cast``; ``IdsBeside.passed``), its axes read at the
+    ``Concat``'s own rank (in ``ranks`` by its output's name, else recorded there or on an input; not the output's):
+    flattened, such ids were held by the float tolerance until review s76 xfix, one class off past 10,000 classes
+    verified."""
     found = {}
     for output in model.graph.outputs:
         concatenated, passed = joined_through(output)
@@ -428,13 +435,26 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
         else:
             rank = _first_rank(*([] if passed else [output]), concatenated, *node.inputs)
         axis = _as_axis(node.attributes.get_int("axis", 0), rank)
-        widths, ids = [], []
-        for value in node.inputs:
+        widths, ids, sized, unordered = [], [], [], []
+        for index, value in enumerate(node.inputs):
             picked = _picked_along(value, axis, rank) if value is not None else None
             ids.append(picked[0] if picked is not None else None)
-            widths.append(picked[1] if picked is not None else _width(value, axis))
+            widths.append(picked[1] if picked is not None and picked[1] is not None else _width(value, axis))
+            if picked is not None and picked[1] is None:
+                sized.append(index)
+            if picked is not None and not picked[2]:
+                unordered.append(index)
         if any(value is not None for value in ids):
-            found[output.name] = IdsBeside(axis, tuple(widths), tuple(ids), tuple(node.inputs), passed)
+            joined = tuple(node.inputs)
+            found[output.name] = IdsBeside(
+                axis,
+                tuple(widths),
+                tuple(ids),
+                joined,
+                passed,
+                sized_by_run=tuple(sized),
+                out_of_order=tuple(unordered),
+            )
     return found
 
 
@@ -487,16 +507,22 @@ def _as_axis(axis: int, rank: int | None) -> int:
     return axis % rank if rank is not None and -rank <= axis < rank else axis
 
 
-def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[ir.Value, int] | None:
-    """The ids ``value`` (of ``rank``, where known) is, as its picker picks them, and how many it picks along ``axis``
-    (``_as_axis``: spelled as ``axis`` is where the rank is not known):
+def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[ir.Value, int | None, bool] | None:
+    """The ids ``value`` (of ``rank``, where known) is, as its picker picks them, how many it picks along ``axis``
+    (``_as_axis``: spelled as ``axis`` is where the rank is not known), and whether ``value`` holds them in the
+    picker's order, flat:
     1 for an ``ArgMax`` or ``ArgMin`` keeping ``axis``, or for any ids an ``Unsqueeze`` adds ``axis`` to (torch's
     ``ids.unsqueeze(1).float()``: before it, through ``_IDS_PASS_THROUGH`` too); k for a ``TopK`` along it; through a
     ``Cast``, an ``Identity`` or an ``_IDS_SHIFTED`` op by a constant of at most one dim (which keep their shape);
-    else None."""
-    width, node = None, value.producer()
+    else None. None as the count where the picker picks along another axis (``Concat(top, ids, axis=0)`` of ids
+    picked along 1), or a ``Reshape``, ``Flatten``, ``Squeeze`` or other ``Unsqueeze`` (where the rank tells its axes
+    from ``axis``) moves the ids into ``value`` (``Concat(Flatten(top), Flatten(ids))``): each of its values is still
+    an id, in the picker's order, flat, and how many lie along ``axis`` a run tells (``IdsBeside.sized_by_run``);
+    such ids were not found, one class off past 10,000 classes verified, until review s76 late76b. So through a
+    ``Transpose`` too, out of the picker's order (``IdsBeside.out_of_order``)."""
+    width, node, moved, ordered = None, value.producer(), False, True
     while node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
-        if node.op_type in ("Cast", "Identity") or (width is not None and node.op_type in _IDS_PASS_THROUGH):
+        if node.op_type in ("Cast", "Identity") or ((width is not None or moved) and node.op_type in _IDS_PASS_THROUGH):
             value = node.inputs[0]
         elif (
             width is None
@@ -504,6 +530,11 @@ def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[
             and axis in [_as_axis(a, rank) for a in _unsqueezed_axes(node)]
         ):
             width, value = 1, node.inputs[0]
+        elif width is None and (
+            node.op_type == "Transpose"
+            or (node.op_type in _IDS_PASS_THROUGH and (node.op_type != "Unsqueeze" or rank is not None))
+        ):
+            moved, ordered, value = True, ordered and node.op_type != "Transpose", node.inputs[0]
         elif (ids := _shifted_ids(node)) is not None and all(
             (constant := ir.convenience.get_const_tensor(other)) is not None and len(constant.shape) <= 1
             for other in node.inputs
@@ -519,18 +550,13 @@ def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[
         k = _top_k(node)
         if value is not node.outputs[1] or k is None:
             return None
-        return (
-            (value, width)
-            if width is not None
-            else (value, k)
-            if _as_axis(node.attributes.get_int("axis", -1), rank) == axis
-            else None
-        )
-    if width is None and (
-        not node.attributes.get_int("keepdims", 1) or _as_axis(node.attributes.get_int("axis", 0), rank) != axis
-    ):
-        return None
-    return value, 1
+        if width is not None or moved:
+            return value, width, ordered
+        return value, k if _as_axis(node.attributes.get_int("axis", -1), rank) == axis else None, ordered
+    if width is not None or moved:
+        return value, width, ordered
+    kept = node.attributes.get_int("keepdims", 1) and _as_axis(node.attributes.get_int("axis", 0), rank) == axis
+    return value, 1 if kept else None, ordered
 
 
 def _unsqueezed_axes(node: ir.Node) -> list[int]:
