@@ -1426,7 +1426,7 @@ def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None 
     verified until review s75 (xfix4). Also positions that count the tokens up to each (``_counted_extents``:
     RoBERTa's ``cumsum(input_ids != padding_idx) * mask + padding_idx``, a table of 514 rows read to its last at 512
     tokens; not followed until review s76), where ``avoided`` gets the input and the values its elements must not
-    hold for every token to count (RoBERTa's padding id; a padding mask, drawn at one row, is all ones). The
+    hold for every token to count (RoBERTa's padding id; a padding mask's 0, drawn at one row all ones). The
     smallest extent where a dim meets several tables; empty where none."""
     found: dict[str, int] = {}
     for start, elements in _length_starts(model, sizes_read=False, rows_read=True):
@@ -1479,7 +1479,7 @@ def _shapes_read(
             table = ir.convenience.get_const_tensor(node.inputs[0]) if node.inputs[0] is not None else None
             if table is not None and table.shape:  # rows read by ids [B, L]: [B, L, width]
                 rows = [*shape, *((None, float(size)) for size in table.shape[1:])]
-                readers = [(user, rows) for user, at in node.outputs[0].uses() if at == 0 and is_onnx_domain(user)]
+                readers = _rows_readers(node.outputs[0], rows)
         for reader, held in readers:
             if reader.op_type == "Shape":
                 start, end = reader.attributes.get_int("start", 0), reader.attributes.get_int("end", len(held))
@@ -1488,6 +1488,28 @@ def _shapes_read(
                 if (product := _product_of_lengths(held, sizes)) is not None:
                     starts.append((reader.outputs[0], product))
     return starts
+
+
+def _rows_readers(rows: ir.Value, dims: list[tuple[Any, float]]) -> list[tuple[ir.Node, list[tuple[Any, float]]]]:
+    """Each node that reads ``rows`` (a ``Gather`` of a constant table, ``_shapes_read``, its dims ``dims``) at input 0,
+    with the dims it reads: past a scale by a number, and a ``Gather`` of one element along an axis, which drops it
+    (legacy BART's length off ``inputs_embeds[:, :, -1]``, ``inputs_embeds`` the rows times ``embed_scale``; not
+    followed until review s76, late76c)."""
+    readers = []
+    for user, at in rows.uses():
+        if not is_onnx_domain(user) or at > 1:
+            continue
+        if at == 0:
+            readers.append((user, dims))
+        if user.op_type in ("Mul", "Div") and len(user.inputs) == 2 and (at == 0 or user.op_type == "Mul"):
+            scale = ir.convenience.get_const_tensor(user.inputs[1 - at]) if user.inputs[1 - at] is not None else None
+            if scale is not None and scale.size == 1 and len(scale.shape) <= len(dims):  # the shape kept
+                readers.extend(_rows_readers(user.outputs[0], dims))
+        elif user.op_type == "Gather" and at == 0 and user.inputs[1] is not None:
+            picked, axis = ir.convenience.get_const_tensor(user.inputs[1]), user.attributes.get_int("axis", 0)
+            if picked is not None and len(picked.shape) == 0 and -len(dims) <= axis < len(dims):
+                readers.extend(_rows_readers(user.outputs[0], [d for a, d in enumerate(dims) if a != axis % len(dims)]))
+    return readers
 
 
 def _length_uses(
@@ -1565,7 +1587,7 @@ def _counted_extents(model: ir.Model) -> Iterator[tuple[str, int, dict[str, set[
 
 def _token_indicator(value: ir.Value) -> tuple[ir.Value, dict[str, set[int]]] | None:
     """The runtime input a 0/1 ``value`` marks tokens of (``_counted_extents``), with the values its elements must not
-    hold to be marked: a padding mask (``_is_mask``; none), or ``Not(Equal(ids, c))`` (``c``), through casts; None for
+    hold to be marked: a padding mask (``_is_mask``; 0), or ``Not(Equal(ids, c))`` (``c``), through casts; None for
     anything else."""
     negated, avoided = False, None
     for _ in range(8):
@@ -1575,7 +1597,7 @@ def _token_indicator(value: ir.Value) -> tuple[ir.Value, dict[str, set[int]]] | 
                 return None
             if avoided is None and not _is_mask(value):
                 return None
-            return value, {} if avoided is None else {value.name: {avoided}}
+            return value, {value.name: {0 if avoided is None else avoided}}
         if not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
             return None
         if node.op_type in ("Cast", "CastLike", "Identity"):
@@ -1628,7 +1650,8 @@ def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterat
                 yield held[0][0], rows
         elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
             positions = _index_range(node.outputs[0])
-            yield held[0][0], rows if positions is None else min(rows, positions)
+            reached = _first_reaching(node, positions - 1) if positions is not None and positions < rows else None
+            yield held[0][0], rows if reached is None else reached
 
 
 def _sliced_rows(node: ir.Node) -> int | None:
@@ -1645,6 +1668,18 @@ def _sliced_rows(node: ir.Node) -> int | None:
     if len(starts) != 1 or starts[0] < 0 or len(axes) != 1 or steps != [1] or not -rank <= axes[0] < rank:
         return None
     return int(data.shape[axes[0]])
+
+
+def _first_reaching(node: ir.Node, last: int) -> int | None:
+    """The shortest length a ``Slice`` of a constant to a length (``_sliced_rows``) holds an element of ``last`` or
+    more at, or None where none is: BERT's ``position_ids[:, :L]`` reads a table of T rows to its last at T, while
+    BigBird's ``token_type_ids[:, :L]``, zeros, never reads the last of 2 token types (taken for positions that ended
+    there, its 2 hid the position table's end until review s76, late76c)."""
+    inputs = [*node.inputs, None][:4]
+    data, start = ir.convenience.get_const_tensor(inputs[0]).numpy(), _folded_ints(inputs[1])[0]
+    along = np.moveaxis(data, _folded_ints(inputs[3])[0] if inputs[3] is not None else 0, 0)
+    reached = np.flatnonzero((along.reshape(len(along), -1)[start:] >= last).any(axis=1))
+    return start + int(reached[0]) + 1 if reached.size else None
 
 
 # Ops that keep a constant's elements and their order (the dynamo exporter's ``Reshape(Cast(Constant))`` starts).

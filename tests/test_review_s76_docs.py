@@ -30,6 +30,7 @@ _NAMED: dict[str, str] = {
     "test_ids_beside_scores_joined_in_an_if_branch_one_class_off_are_rolled_back": (
         "a `Concat` in an `If`'s branch is not read"
     ),
+    "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
 }
 
 
