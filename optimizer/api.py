@@ -108,7 +108,7 @@ from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
 from optimizer.samples import SampleData, fixed_batch_size, holds_samples, open_samples, samples_in, split_samples
 from optimizer.tokenizer_inputs import prefill_of_text
-from optimizer.verify import Verifier, constant_outputs, saturated_warning
+from optimizer.verify import Verifier, constant_outputs, counted_position_rows, saturated_warning
 
 # The API's own keywords, suggested when an unknown option is near one of them.
 _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
@@ -1245,7 +1245,7 @@ def _lengths_a_rewrite_compares(
     max_positions: int | None,
     candidate: ir.Model,
     before: ir.Model,
-) -> list[tuple[dict[str, np.ndarray], str]]:
+) -> tuple[list[tuple[dict[str, np.ndarray], str]], str | None]:
     """The sets, with their labels, of the first set's sizes with a named dim at each length ``candidate`` compares
     with a constant where ``before`` does not (``compared_lengths``, its comparisons of one dim taken together too: a
     length between two thresholds), going another way than every set of ``verifier``: ``_add_compared_lengths``
@@ -1254,7 +1254,8 @@ def _lengths_a_rewrite_compares(
     A decoder's mask length (``cache_length_dims``) is drawn as one new token over a past one shorter, as a decode
     step at that context runs. Within ``max_positions``, ``_COMPARED_LENGTH_SETS`` sets and the bytes
     ``_add_compared_lengths`` allows a set, not a dim ``dims`` fixes; a set the original refuses is left to
-    ``Verifier.add_input_set``."""
+    ``Verifier.add_input_set``. Beside them, a note naming the lengths left out past those limits, or None (a length
+    past the bytes a set may hold was dropped unsaid, and the rewrite verified, until review s76 late76d)."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     first_dims = dims_from_inputs(model, first)
@@ -1271,35 +1272,61 @@ def _lengths_a_rewrite_compares(
     # each side of each threshold held apart, was never drawn until review s76 xfix2. Read on ``before`` alike, the
     # ways its comparisons alone go are left to the sets drawn for the original, as they were.
     already = compared_lengths(before, held, bindings[0], bindings, between=True)
+    wanted = [
+        (name, length, "a length the rewrite compares")
+        for name, lengths in compared_lengths(candidate, held, bindings[0], bindings, between=True).items()
+        for length in lengths
+        if length not in already.get(name, ()) and length not in held.get(name, ())
+    ]
+    # A rotary cache's rows the rewrite changed, read at positions the graph counts from the mask's length (a GenAI
+    # decoder's ``GroupQueryAttention``, a ``RotaryEmbedding`` at an offset): the first and last changed, each by a
+    # decode step there; no input's ids read them, and rows past 512 verified until review s76 late76d.
+    wanted += [
+        (name, row + 1, f"the new token at position {row}, a row of {table!r} the pass changed")
+        for table, rows in counted_position_rows(before, candidate)
+        for row in sorted({rows[0], rows[-1]})
+        for name in totals
+    ]
     sets: list[tuple[dict[str, np.ndarray], str]] = []
-    for name, wanted in compared_lengths(candidate, held, bindings[0], bindings, between=True).items():
-        if name in (dims or {}) or name not in first_dims:
+    drawn: set[tuple[str, int]] = set()
+    undrawn: dict[str, list[int]] = {}
+    limits: dict[str, None] = {}
+    for name, length, why in wanted:
+        if name in (dims or {}) or name not in first_dims or (name, length) in drawn:  # cos and sin: one set
             continue
-        for length in wanted:
-            if length in already.get(name, ()) or length in held.get(name, ()) or len(sets) >= _COMPARED_LENGTH_SETS:
+        drawn.add((name, length))
+        if len(sets) >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
+            capped = len(sets) >= _COMPARED_LENGTH_SETS
+            undrawn.setdefault(f"'{name}'", []).append(length)
+            limits[f"{_COMPARED_LENGTH_SETS} sets at most" if capped else f"--max-sequence {max_positions}"] = None
+            continue
+        if name in totals:
+            past, sequence = totals[name]
+            if past in (dims or {}) or sequence in (dims or {}) or past not in base or sequence not in base:
                 continue
-            if name in totals:
-                past, sequence = totals[name]
-                if past in (dims or {}) or sequence in (dims or {}) or past not in base or sequence not in base:
-                    continue
-                bound: dict[str, int] | None = {**base, past: length - 1, sequence: 1}
-            else:
-                bound = _within_positions({**base, name: length}, name, totals, dims, max_positions)
-            if bound is None or (max_positions and length > max_positions) or input_bytes(model, bound)[0] > most:
-                continue
-            try:
-                inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
-            except InputSpecError:
-                continue
-            if dims_from_inputs(model, inputs).get(name) != length:
-                continue
-            sets.append(
-                (
-                    inputs,
-                    f"generated, '{name}' at {length}, a length the rewrite compares ({_shapes(model, inputs)}){how}",
-                )
-            )
-    return sets
+            bound: dict[str, int] | None = {**base, past: length - 1, sequence: 1}
+        else:
+            bound = _within_positions({**base, name: length}, name, totals, dims, max_positions)
+        if bound is None:
+            continue
+        if input_bytes(model, bound)[0] > most:
+            undrawn.setdefault(f"'{name}'", []).append(length)
+            limits[f"sets of {format_bytes(most)} at most"] = None
+            continue
+        try:
+            inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
+        except InputSpecError:
+            continue
+        if dims_from_inputs(model, inputs).get(name) != length:
+            continue
+        sets.append((inputs, f"generated, '{name}' at {length}, {why} ({_shapes(model, inputs)}){how}"))
+    if not undrawn:
+        return sets, None
+    shown = "; ".join(f"{name} at {', '.join(map(str, sizes))}" for name, sizes in undrawn.items())
+    return sets, (
+        f"the rewrite's result turns on lengths no verification set holds ({shown}; {', '.join(limits)}): it was not "
+        "verified at them; pass inputs of those lengths with --inputs FILE.npz"
+    )
 
 
 # The most constants a one-element input compared with several is held at (``_add_other_compared_constants``).

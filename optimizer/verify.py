@@ -2617,7 +2617,9 @@ class Verifier:
         self.dropped: list[str] = []
         # Set by the API (``api._lengths_a_rewrite_compares``): the sets, with their labels, that hold the lengths a
         # candidate compares with constants where the model it rewrote does not (``reach_compared_lengths``).
-        self.length_sets: Callable[[ir.Model, ir.Model], list[tuple[dict[str, np.ndarray], str]]] | None = None
+        self.length_sets: (
+            Callable[[ir.Model, ir.Model], tuple[list[tuple[dict[str, np.ndarray], str]], str | None]] | None
+        ) = None
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
         self.caches = padded_caches(original)
         self.new_tokens = new_token_outputs(original)
@@ -2814,10 +2816,11 @@ class Verifier:
         if self.length_sets is None or not self.input_sets:
             return ""
         notes = []
-        for inputs, label in self.length_sets(candidate, before):
+        sets, left_out = self.length_sets(candidate, before)
+        for inputs, label in sets:
             if self._add_reaching_set(inputs, label):
                 notes.append(f"also checked on {label} (no input set held that length)")
-        return "; ".join(notes)
+        return "; ".join([*notes, *([left_out] if left_out else [])])
 
     def _add_reaching_set(self, inputs: dict[str, np.ndarray], label: str) -> bool:
         """``add_input_set`` for a set a pass's result calls for, its references the base's (after an approximate
@@ -4703,12 +4706,13 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
             for ids_index, table_index in _lookups(node):
                 if max(ids_index, table_index) >= len(node.inputs):
                     continue
-                data, indices = node.inputs[table_index], _ids_read(node.inputs[ids_index])
-                if data is None or data.const_value is None or indices is None or id(indices) not in inputs:
+                tables, indices = _tables_held(node.inputs[table_index]), _ids_read(node.inputs[ids_index])
+                if not tables or indices is None or id(indices) not in inputs:
                     continue
                 read = found.setdefault(indices.name, [])
-                if all(tensor is not data.const_value for _, tensor in read):  # a table two Gathers share, diffed once
-                    read.append((data.name or "", data.const_value))
+                for table in tables:
+                    if all(tensor is not table[1] for _, tensor in read):  # a table two Gathers share, diffed once
+                        read.append(table)
         return found
 
     after = tables(candidate)
@@ -4731,17 +4735,95 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
     return changed
 
 
+def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol]]:
+    """``(name, rows)`` of each constant whose rows along axis 0 are the rows of the table ``value`` is: an
+    initializer's, a ``Constant``'s, or those of a ``DequantizeLinear`` of an initializer (an int8 embedding): its
+    quantized rows, and its scale and zero point where they hold one per row. A table held in a ``Constant`` node or
+    behind a ``DequantizeLinear`` was no table, and a swap of two of its rows verified until review s76 late76d."""
+    if value is None:
+        return []
+    if value.const_value is not None:
+        return [(value.name or "", value.const_value)]
+    producer = value.producer()
+    if producer is None or not is_onnx_domain(producer):
+        return []
+    if producer.op_type == "Constant" and (held := producer.attributes.get("value")) is not None:
+        return [(value.name or "", held.value)] if held.type == ir.AttributeType.TENSOR else []
+    if producer.op_type != "DequantizeLinear" or not producer.inputs or producer.inputs[0] is None:
+        return []
+    quantized = producer.inputs[0].const_value
+    if quantized is None or not quantized.shape:
+        return []
+    found = [(producer.inputs[0].name or "", quantized)]
+    per_row = producer.attributes.get_int("axis", 1) in (0, -len(quantized.shape))
+    for data in producer.inputs[1:3] if per_row and not producer.attributes.get_int("block_size", 0) else ():
+        if (
+            data is not None
+            and data.const_value is not None
+            and tuple(data.const_value.shape) == tuple(quantized.shape)[:1]
+        ):
+            found.append((data.name or "", data.const_value))
+    return found
+
+
+def counted_position_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, list[int]]]:
+    """``(table, rows)`` for each rotary cache read at positions the graph counts, no input's ids (a
+    ``GroupQueryAttention``'s cos/sin caches with ``do_rotary``, from the mask's length; a ``RotaryEmbedding`` whose
+    ``position_ids`` no graph input is, an offset the mask's length gives), ``rows`` those ``candidate`` changed from
+    ``before`` (matched by name, or else in order). A decode step at position ``row`` reads one: the new token after a
+    past of ``row`` tokens. ``_rewritten_rows`` reads those of a graph input's ids alone, and a rewrite wrong in a
+    GenAI decoder's caches past position 512 (where generated sets end), or in their last row, verified until review
+    s76 late76d."""
+
+    def tables(model: ir.Model) -> list[tuple[str, ir.TensorProtocol]]:
+        inputs = {id(value) for value in model.graph.inputs}
+        found: list[tuple[str, ir.TensorProtocol]] = []
+        for node in model.graph:
+            if node.domain != MS_DOMAIN:
+                continue
+            if node.op_type == "GroupQueryAttention" and node.attributes.get_int("do_rotary", 0):
+                read = node.inputs[7:9]
+            elif node.op_type == "RotaryEmbedding" and len(node.inputs) > 1:
+                if (ids := _ids_read(node.inputs[1])) is not None and id(ids) in inputs:
+                    continue  # read by an input's ids: ``_rewritten_rows``
+                read = node.inputs[2:4]
+            else:
+                continue
+            for data in read:
+                if data is not None and data.const_value is not None:
+                    if all(tensor is not data.const_value for _, tensor in found):  # caches the layers share
+                        found.append((data.name or "", data.const_value))
+        return found
+
+    read, rewritten_tables = tables(before), tables(candidate)
+    by_name = dict(rewritten_tables)
+    changed = []
+    for index, (table, tensor) in enumerate(read):
+        if table in by_name:
+            rewritten = by_name[table]
+        elif len(rewritten_tables) == len(read):
+            table, rewritten = rewritten_tables[index]
+        else:
+            continue
+        if rewritten is not tensor and (rows := _changed_rows(tensor, rewritten)):
+            changed.append((table, rows))
+    return changed
+
+
 def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:
     """``(ids, table)``: the inputs of each lookup of a table's rows by ids that ``node`` makes (``_rewritten_rows``): a
     ``Gather`` along axis 0, and ``EmbedLayerNormalization``'s word, segment and position lookups (a fused BERT
     embedding whose word table had two rows swapped was verified until review s76 late76a: the ``Gather`` was gone), and
-    a fused ``RotaryEmbedding``'s cos and sin caches by its ``position_ids`` (review s76, the decoder mutation hunt)."""
+    a fused ``RotaryEmbedding``'s cos and sin caches by its ``position_ids`` (review s76, the decoder mutation hunt), or
+    ONNX's own (opset 23) where it takes them (its caches' last row read one late verified until review s76 late76d)."""
     if node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) == 0:
         return ((1, 0),)
     if node.op_type == "EmbedLayerNormalization" and node.domain == MS_DOMAIN:
         return ((0, 2), (1, 4), (8, 3))
     if node.op_type == "RotaryEmbedding" and node.domain == MS_DOMAIN:
         return ((1, 2), (1, 3))
+    if node.op_type == "RotaryEmbedding" and is_onnx_domain(node):  # ONNX's (opset 23): x, cos, sin, position_ids
+        return ((3, 1), (3, 2))
     return ()
 
 

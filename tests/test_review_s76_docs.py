@@ -31,6 +31,10 @@ _NAMED: dict[str, str] = {
         "a `Concat` in an `If`'s branch is not read"
     ),
     "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
+    "test_an_encoder_rotary_cache_wrong_past_the_generated_lengths_is_rolled_back": (
+        "an encoder's rotary cache read at positions the graph counts (`Range(0, sequence)`) gets no set, and a "
+        "rewrite wrong only in its rows past the generated lengths is verified"
+    ),
 }
 
 
