@@ -377,11 +377,12 @@ class IdsBeside(NamedTuple):
     """An output a ``Concat`` joins ids and other values into (``concatenated_ids``): the axis it joins along, each
     input's size along it (None where not known before a run), each input's ids as its picker picks them (None for
     an input of no ids), and the inputs themselves; the ops that move its values on the way out, from the
-    ``Concat`` on (``_LAYOUT_OPS``: none where it is returned as it is), and the shapes of the ``Concat``'s output
-    and of each of those ops' outputs but the last in a run (None where not read: ``optimizer.verify`` reads them
-    on each input set's run and places the ids through them); and the inputs of ids whose size along the axis a run
-    tells, not their picker (by index: ids reshaped before they are joined, ``_picked_along``), and those not in
-    their picker's order (transposed before they are joined: not read back as its picks)."""
+    ``Concat`` on (``_LAYOUT_OPS`` and ``_PICKING_OPS``: none where it is returned as it is), and the shapes of the
+    ``Concat``'s output and of each of those ops' outputs but the last in a run (None where not read:
+    ``optimizer.verify`` reads them on each input set's run and places the ids through them); and the inputs of ids
+    whose size along the axis a run tells, not their picker (by index: ids reshaped before they are joined,
+    ``_picked_along``), and those not in their picker's order (transposed before they are joined: read back in it
+    through their ``Transpose`` s, ``ids_moved``)."""
 
     axis: int
     widths: tuple[int | None, ...]
@@ -399,6 +400,14 @@ class IdsBeside(NamedTuple):
 # ``Cast``, which keeps each value where it is: ``Cast(Concat(top, ids))`` to float16, not read, was held by float16's
 # tolerance, and ids past 100 classes one class off verified until review s76 late76b.
 _LAYOUT_OPS = ("Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Cast")
+
+# Ops that pick some of a tensor's values on the way out (each position of the output one of the input's, not each of
+# the input's kept, or kept more than once): a ``Slice``, a ``Gather`` along an axis, an ``Expand``. Ids a ``Concat``
+# joins to scores are found through them too (``joined_through``), their positions traced where the starts, ends and
+# indices are constants (``optimizer.verify._joined_index``): not traced, ``Slice(Concat(top, ids))`` was held by the
+# float tolerance, ids past 10,000 classes one class off verified until review s76 xfix3.
+_PICKING_OPS = ("Slice", "Gather", "Expand")
+_MOVING_OPS = (*_LAYOUT_OPS, *_PICKING_OPS)
 
 
 def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = None) -> dict[str, IdsBeside]:
@@ -418,12 +427,14 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
     ``Flatten``, ``Squeeze``, ``Unsqueeze``, ``Transpose`` or ``Cast``; ``IdsBeside.passed``), its axes read at the
     ``Concat``'s own rank (in ``ranks`` by its output's name, else recorded there or on an input; not the output's):
     flattened, such ids were held by the float tolerance until review s76 xfix, one class off past 10,000 classes
-    verified."""
+    verified; and through a ``Slice``, ``Gather`` or ``Expand`` (``_PICKING_OPS``), or an ``If`` both of whose
+    branches join the same values alike (``_joining``): such ids were held by the float tolerance until review s76
+    xfix3."""
     found = {}
     for output in model.graph.outputs:
         concatenated, passed = joined_through(output)
-        node = concatenated.producer()
-        if node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not output.name:
+        node = _joining(concatenated)
+        if node is None or not output.name:
             continue
         # The runs' rank first: a stale recorded one (``[batch, 2]`` of a ``[batch, 1, 2]``) read ``-1`` as axis 1,
         # and the ids picked along 2 were not found (one class off verified until review s75 late75d). None where the
@@ -459,16 +470,50 @@ def concatenated_ids(model: ir.Model, ranks: Mapping[str, int | None] | None = N
 
 
 def joined_through(output: ir.Value) -> tuple[ir.Value, tuple[ir.Node, ...]]:
-    """The value ``output`` returns before ops that move its values on the way out (``_LAYOUT_OPS``, each an ONNX
-    op whose first output it is, read through ``Identity`` and ``Dropout``: ``_passed_on``), and those ops from the
-    first to the last: ``Flatten(Concat(top, ids))``'s ``Concat`` and its ``Flatten``."""
+    """The value ``output`` returns before ops that move its values on the way out (``_LAYOUT_OPS``, or pick some of
+    them, ``_PICKING_OPS``: each an ONNX op whose first output it is and whose first input it moves, read through
+    ``Identity`` and ``Dropout``: ``_passed_on``), and those ops from the first to the last:
+    ``Flatten(Concat(top, ids))``'s ``Concat`` and its ``Flatten``."""
     value, passed = _passed_on(output), []
-    while (node := value.producer()) is not None and is_onnx_domain(node) and node.op_type in _LAYOUT_OPS:
+    while (node := value.producer()) is not None and is_onnx_domain(node) and node.op_type in _MOVING_OPS:
         if node.outputs[0] is not value or not node.inputs or node.inputs[0] is None:
             break
         passed.append(node)
         value = _passed_on(node.inputs[0])
     return value, tuple(reversed(passed))
+
+
+def _joining(value: ir.Value) -> ir.Node | None:
+    """The ONNX ``Concat`` that computes ``value``: its producer, or where an ``If`` returns it, the one each branch
+    returns it by (``joined_through``, no op after it there), the same in both: one axis, and the very values joined
+    (computed before the ``If``), so that the ids lie where they lie whichever branch runs. None otherwise: a
+    ``Concat`` in one branch alone, or of values each branch computes (not read on a run), is not read, and its ids
+    are held by the float tolerance. Not read in a branch, ids past 10,000 classes one class off verified until review
+    s76 xfix3."""
+    node = value.producer()
+    if node is None or not is_onnx_domain(node):
+        return None
+    if node.op_type == "Concat":
+        return node
+    if node.op_type != "If" or not any(output is value for output in node.outputs):
+        return None
+    index = next(i for i, output in enumerate(node.outputs) if output is value)
+    found = []
+    for name in ("then_branch", "else_branch"):
+        branch = node.attributes.get(name)
+        graph = branch.as_graph() if branch is not None and branch.type == ir.AttributeType.GRAPH else None
+        if graph is None or index >= len(graph.outputs):
+            return None
+        inner, passed = joined_through(graph.outputs[index])
+        if passed or (joining := _joining(inner)) is None:
+            return None
+        found.append(joining)
+    then, other = found
+    if then.attributes.get_int("axis", 0) != other.attributes.get_int("axis", 0):
+        return None
+    if len(then.inputs) != len(other.inputs) or any(a is not b for a, b in zip(then.inputs, other.inputs)):
+        return None
+    return then
 
 
 def joined_before_layout(model: ir.Model) -> list[ir.Value]:
@@ -478,8 +523,8 @@ def joined_before_layout(model: ir.Model) -> list[ir.Value]:
     found = []
     for output in model.graph.outputs:
         value, passed = joined_through(output)
-        node = value.producer()
-        if not passed or node is None or not is_onnx_domain(node) or node.op_type != "Concat" or not value.name:
+        node = _joining(value)
+        if not passed or node is None or not value.name:
             continue
         if any(_reaches_a_picker(joined) for joined in node.inputs if joined is not None):
             found.append(value)
@@ -557,6 +602,27 @@ def _picked_along(value: ir.Value, axis: int, rank: int | None = None) -> tuple[
         return value, width, ordered
     kept = node.attributes.get_int("keepdims", 1) and _as_axis(node.attributes.get_int("axis", 0), rank) == axis
     return value, 1 if kept else None, ordered
+
+
+def ids_moved(ids: ir.Value, value: ir.Value) -> list[ir.Node] | None:
+    """The ``Transpose`` s on the way from ``ids`` (a picker's, ``IdsBeside.ids``) to ``value`` (the input of the
+    ``Concat`` that joins them, ``IdsBeside.joined``), from the picker on, as ``_picked_along`` walks it (through
+    ``_IDS_PASS_THROUGH`` ops, which keep their flat order, and ``_IDS_SHIFTED`` ones, which keep their place): what
+    puts them out of the picker's order (``IdsBeside.out_of_order``), to read them back in it. None where that walk
+    does not reach ``ids``."""
+    moves = []
+    while value is not ids:
+        node = value.producer()
+        if node is None or not is_onnx_domain(node) or not node.inputs or node.inputs[0] is None:
+            return None
+        if node.op_type in (*_IDS_PASS_THROUGH, "Transpose"):
+            moves += [node] if node.op_type == "Transpose" else []
+            value = node.inputs[0]
+        elif (shifted := _shifted_ids(node)) is not None:
+            value = shifted
+        else:
+            return None
+    return moves[::-1]
 
 
 def _unsqueezed_axes(node: ir.Node) -> list[int]:

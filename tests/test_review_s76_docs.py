@@ -21,15 +21,6 @@ _NAMED: dict[str, str] = {
     "test_more_changed_rows_than_samples_in_a_max_pooled_bag_are_rolled_back": (
         "there a max-pooled model still hides a swap of rows read in one sample"
     ),
-    "test_a_tie_flip_of_ids_transposed_before_the_concat_still_passes_its_twin": (
-        "a flip at a tie of ids transposed before a `Concat` joins them is not excused against a twin"
-    ),
-    "test_ids_beside_scores_sliced_on_the_way_out_one_class_off_are_rolled_back": (
-        "a `Concat` sliced or gathered on its way out is not read"
-    ),
-    "test_ids_beside_scores_joined_in_an_if_branch_one_class_off_are_rolled_back": (
-        "a `Concat` in an `If`'s branch is not read"
-    ),
     "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
     "test_an_encoder_rotary_cache_wrong_past_the_generated_lengths_is_rolled_back": (
         "an encoder's rotary cache read at positions the graph counts (`Range(0, sequence)`) gets no set, and a "

@@ -18,9 +18,9 @@ the joined values on the way out (``optimizer.class_scores.concatenated_ids``, `
    kernels end to end, it is proven with its rewrites off (``Verifier._check_integer_end_to_end``), which held only
    ids outputs exactly: ids joined to scores were held by the int8 twin's rtol of 5e-3, ids past 200 classes one class
    off verified. They are held at their positions there too, and a flip of them as deployed differs in kind.
-4. **Still not read** (strict xfails, named in README): a ``Concat`` sliced or gathered on its way out (``_LAYOUT_OPS``
-   keep every value; these drop some), and a ``Concat`` in an ``If``'s branch; and against a twin, a flip at a tie of
-   ids transposed before they are joined is not excused (out of the picker's order, they are no picks to read).
+4. **Left unread here, read since review s76 xfix3** (``tests/test_review_s76_xfix3.py``): a ``Concat`` sliced or
+   gathered on its way out, a ``Concat`` in an ``If``'s branch, and against a twin, a flip at a tie of ids transposed
+   before they are joined.
 """
 
 from __future__ import annotations
@@ -166,11 +166,6 @@ def test_a_tie_flip_of_ids_transposed_before_the_concat_still_verifies():
     assert result.integer_flips
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the twin's tie excuse reads ids as their picker's picks in its order, flat; transposed before the Concat "
-    "they are out of it (IdsBeside.out_of_order), so no flip of them is excused against a twin",
-)
 def test_a_tie_flip_of_ids_transposed_before_the_concat_still_passes_its_twin():
     model = _joined(_tied(), "transposed before")
     twin = Twin(model=model, kind="float32", description="it")
@@ -178,11 +173,6 @@ def test_a_tie_flip_of_ids_transposed_before_the_concat_still_passes_its_twin():
     assert result.ok, result.first_failure  # rolled back: the ids of output 'out' differ by up to 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concatenated_ids reads a Concat through ops that keep every value (Reshape, Flatten, Squeeze, Unsqueeze, "
-    "Transpose, Cast); a Slice or Gather after it, dropping some, is not traced: its ids are held by the tolerance",
-)
 def test_ids_beside_scores_sliced_on_the_way_out_one_class_off_are_rolled_back():
     result = Verifier(_joined(_wide(), "sliced after"), [_WIDE_X]).check(_joined(_wide(), "sliced after", 8))
     assert not result.ok  # verified: 1 is within rtol of ids past 19,950
@@ -218,11 +208,6 @@ def _branched(wrong: bool) -> ir.Model:
     return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="concatenated_ids reads the Concat that computes a graph output in the main graph; one in an If's branch "
-    "is not read, and its ids are held by the float tolerance",
-)
 def test_ids_beside_scores_joined_in_an_if_branch_one_class_off_are_rolled_back():
     verifier = Verifier(_branched(False), [_WIDE_X])
     assert verifier.check(_branched(False)).ok
