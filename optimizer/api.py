@@ -1269,14 +1269,19 @@ def _lengths_a_rewrite_compares(
             held.setdefault(name, set()).add(size)
         bindings.append(found)
     # The ways the comparisons of a dim go together too (``between``): ``2 <= S < 4`` beside 1 and 128 new tokens,
-    # each side of each threshold held apart, was never drawn until review s76 xfix2. Read on ``before`` alike, the
-    # ways its comparisons alone go are left to the sets drawn for the original, as they were.
-    already = compared_lengths(before, held, bindings[0], bindings, between=True)
+    # each side of each threshold held apart, was never drawn until review s76 xfix2. ``before``'s comparisons one at
+    # a time are left to the sets drawn for the original; its ways together were never drawn, so they are left out
+    # only where ``candidate`` goes no other way on that dim. Counted as
+    # held, a branch at 129 a rewrite wrote in the original's ``129 <= L < 200`` (129 no set held) was verified until
+    # review s76 late76e.
+    one_at_a_time = compared_lengths(before, held, bindings[0], bindings)
+    together = compared_lengths(before, held, bindings[0], bindings, between=True)
     wanted = [
         (name, length, "a length the rewrite compares")
         for name, lengths in compared_lengths(candidate, held, bindings[0], bindings, between=True).items()
         for length in lengths
-        if length not in already.get(name, ()) and length not in held.get(name, ())
+        if length not in (together.get(name, []) if lengths == together.get(name) else one_at_a_time.get(name, []))
+        and length not in held.get(name, ())
     ]
     # A rotary cache's rows the rewrite changed, read at positions the graph counts from the mask's length (a GenAI
     # decoder's ``GroupQueryAttention``, a ``RotaryEmbedding`` at an offset): the first and last changed, each by a

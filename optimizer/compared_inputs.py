@@ -1396,7 +1396,8 @@ def _lengths_between(
 ) -> list[int]:
     """The lengths (of those the comparisons of one dim, ``compared``, tell apart: ``(lengths, side)``) that go a way
     across all of them together that no ``held`` nor ``kept`` length goes, the shortest of each way: each comparison
-    held apart, ``2 <= L < 4`` beside 1 and 128 (each side of each threshold held) was never drawn at 2 or 3."""
+    held apart, ``2 <= L < 4`` beside 1 and 128 (each side of each threshold held) was never drawn at 2 or 3. Looked
+    for at the lengths each comparison tells apart, and up to a divisor past them where one compares a remainder."""
     if len(compared) < 2:
         return []
 
@@ -1405,7 +1406,15 @@ def _lengths_between(
 
     gone = {way(n) for n in (*held, *kept)}
     between = []
-    for length in sorted({n for lengths, _ in compared for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH}):
+    # A remainder's ways come up within a divisor of each threshold's lengths: ``L >= 201`` and ``L % 8 == 0`` go
+    # together first at 208, which neither tells apart (a rewrite that branched there verified until review s76
+    # late76e).
+    divisors = [side.args[0] for _, side in compared if getattr(side, "func", None) is _length_remainder_side]
+    told = {n for lengths, _ in compared for n in lengths}
+    told.update(
+        n + step for n in list(told) for divisor in divisors for step in range(min(divisor, _LONGEST_COMPARED_LENGTH))
+    )
+    for length in sorted(n for n in told if 1 <= n <= _LONGEST_COMPARED_LENGTH):
         if (went := way(length)) not in gone:
             gone.add(went)
             between.append(length)

@@ -89,6 +89,7 @@ from optimizer.errors import (
     InvalidModelError,
     RuntimeRefusedError,
 )
+from optimizer.inputs import _LENGTH_NAME, batch_dims, guessed_batch_dims
 from optimizer.kernel_rounding import at_level_zero, level_signature, outputs_after_rounding, rounding_kernels
 from optimizer.layer_probe import layer_probe_failure, qattention_weights_failure, table_probe_failure
 from optimizer.padding import (
@@ -2838,8 +2839,9 @@ class Verifier:
         in more rows than one input set holds ids and read in some (a scale folded into it) is left to the draws, which
         read it; one read in none, a set reads as many of its rows as it holds, spread over them. Each row is read a
         different number of times where the set holds them so, so that a pooled sum of the rows tells a swap; where a
-        set has a sample (a row along the ids' first axis) for each, each fills the kept tokens of a sample of its own
-        instead, so that a max (or any pooling over a sample's tokens) tells a swap too."""
+        set has a sample (along the ids' batch axis, ``_sample_axis``) for each, each fills the kept tokens of a
+        sample of its own in a set added before that one, so that a max (or any pooling over a sample's tokens) tells a
+        swap too."""
         if not self.input_sets:
             return ""
         first = self.input_sets[0]
@@ -2859,7 +2861,9 @@ class Verifier:
             # Each row alone in a sample (every kept token of it) of the first set with a sample for each: read
             # together in one, a swap of two rows hid in a model that max-pools its tokens' rows (or pools them another
             # way their order does not change), and it was verified until review s76 xfix2. Every token, not one
-            # beside drawn ones: a max over 128 tokens shows a row only where it is the largest.
+            # beside drawn ones: a max over 128 tokens shows a row only where it is the largest. The first set reads
+            # them beside drawn tokens too (below): a sample of one row, every token alike, hid a swap from a model
+            # that centres its tokens (less their mean), verified until review s76 late76e.
             alone = next(
                 (
                     (index, samples)
@@ -2875,7 +2879,6 @@ class Verifier:
                     reaching.reshape(-1)[kept_tokens] = row
                 if note := self._reach_rows(index, name, table, missing, reaching):
                     notes.append(note)
-                continue
             # Written where the set's masks keep the tokens: where they pad, the outputs are hidden from the check (a
             # left-padded set read the rows a pass swapped there, and it was verified until review s76 late76a).
             padding = paddings(first, self.masks).get(ids.shape)
@@ -2900,14 +2903,33 @@ class Verifier:
 
     def _kept_samples(self, inputs: Mapping[str, np.ndarray], name: str, dtype: np.dtype) -> list[np.ndarray]:
         """The flat positions of ``inputs[name]`` (ids of ``dtype``, at least two axes) that its masks keep, one array
-        for each row along its first axis that keeps any (``reach_rewritten_rows``); none for other ids."""
+        for each sample along its batch axis (``_sample_axis``) that keeps any (``reach_rewritten_rows``); none for
+        other ids."""
         ids = inputs.get(name)
         if not isinstance(ids, np.ndarray) or ids.dtype != dtype or ids.ndim < 2 or ids.size == 0:
             return []
+        if (axis := self._sample_axis(name, ids.ndim)) is None:
+            return []
         padding = paddings(inputs, self.masks).get(ids.shape)
-        kept = (~padding if padding is not None else np.ones(ids.shape, bool)).reshape(len(ids), -1)
-        at = np.arange(ids.size).reshape(len(ids), -1)
-        return [at[sample][kept[sample]] for sample in range(len(ids)) if kept[sample].any()]
+        kept = np.moveaxis(~padding if padding is not None else np.ones(ids.shape, bool), axis, 0)
+        at = np.moveaxis(np.arange(ids.size).reshape(ids.shape), axis, 0)
+        kept, at = kept.reshape(len(at), -1), at.reshape(len(at), -1)
+        return [at[sample][kept[sample]] for sample in range(len(at)) if kept[sample].any()]
+
+    def _sample_axis(self, name: str, rank: int) -> int | None:
+        """The axis of input ``name`` (of ``rank`` axes) that holds its samples: the one whose dim is a batch (named
+        like one, else taken for one), else the first; None where a dim named like a length leads and no batch is
+        found (``input_ids [sequence, batch]`` read its 128 tokens as samples, both rewritten rows went to one real
+        sample, and a swap of them in a max-pooled bag verified until review s76 late76e)."""
+        value = next((value for value in self._original.graph.inputs if value.name == name), None)
+        if value is None or value.shape is None or len(value.shape) != rank:
+            return 0
+        batches = set(batch_dims(self._original)) or set(guessed_batch_dims(self._original))
+        for axis, dim in enumerate(value.shape):
+            if isinstance(dim, ir.SymbolicDim) and dim.value in batches:
+                return axis
+        first = value.shape[0]
+        return None if isinstance(first, ir.SymbolicDim) and _LENGTH_NAME.search(first.value or "") else 0
 
     def _reach_rows(self, index: int, name: str, table: str, rows: list[int], reaching: np.ndarray) -> str:
         """Add input set ``index`` with ``reaching`` for its ``name``, the set that reads ``rows`` of ``table``; the

@@ -26,6 +26,15 @@ _NAMED: dict[str, str] = {
         "an encoder's rotary cache read at positions the graph counts (`Range(0, sequence)`) gets no set, and a "
         "rewrite wrong only in its rows past the generated lengths is verified"
     ),
+    "test_rows_swapped_in_a_bag_max_pooled_across_the_batch_are_rolled_back": (
+        "rows each in a sample of one set are still read together by a model that pools across its batch too"
+    ),
+    "test_a_rewrite_wrong_only_between_the_originals_own_thresholds_is_rolled_back": (
+        "the original's own comparisons are still drawn one at a time, their ways together left out"
+    ),
+    "test_a_branch_on_two_lengths_at_once_a_rewrite_wrote_is_rolled_back": (
+        "Each such length is drawn at the first set's other sizes: a rewrite's branch on two lengths at once"
+    ),
 }
 
 
