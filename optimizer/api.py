@@ -1046,6 +1046,17 @@ _COMPARED_LENGTH_BYTES = 16 << 20
 # The longest table end ``_add_table_ends`` verifies at: past it, one more run of every candidate at that length costs
 # more than the rows it reads (a rotary table of 8192 positions), and the end is named in the report instead.
 _LONGEST_TABLE_END = 4096
+# The most a table-end set's run may cost, as a multiple of the first set's, where the graph attends (``_attends``):
+# scores of every pair of tokens grow with the length's square, which the input bytes do not show. A 1-layer BERT
+# (hidden 768, 12 heads) with a 4,096-row table took 20 s and 4.4 GiB to optimize with the set, 4.5 s and 0.56 GiB
+# without (review s76 late76c): 1,024 times the attention of the first set's 128 tokens. A 512-row table is 16 times,
+# a 1,024-row one 64 times: both keep the set (review s76 tcost).
+_TABLE_END_ATTENTION_GROWTH = 64
+# Ops whose run time and memory grow with the square of the tokens they attend over.
+_ATTENTION_OPS = frozenset(
+    {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention"}
+)
+_PRODUCTS = ("MatMul", "FusedMatMul", "Einsum")
 
 
 def _add_compared_lengths(
@@ -1067,7 +1078,7 @@ def _add_compared_lengths(
     ``--max-sequence``; ``max_positions`` is the lengths' bound, halved where the original refused the default; None
     beside given inputs), where a length indexes a constant table along its rows (``position_table_lengths``: BERT's
     ``position_ids[:, :L]``), a set of the first one's sizes at one row (batch 1) with that dim at the table's end,
-    within the same limits, ``_LONGEST_TABLE_END`` and ``table_ends_within``:
+    within the same limits, ``_LONGEST_TABLE_END``, ``_TABLE_END_ATTENTION_GROWTH`` and ``table_ends_within``:
     generated at 128, then 65 where 257 is past a 256-row table, no set read the table's last row, and a rewrite wrong
     only there verified until review s75 (xfix4). Not a decoder's past or new tokens (``cache_length_dims``), whose
     tables ``longest_cache`` bounds. Returns a note naming the lengths left undrawn past those limits, or None: the
@@ -1156,11 +1167,14 @@ def _add_table_ends(
     """Verify on one set of ``base``'s sizes (the first set's) at one row, each dim that indexes a constant table
     along its rows (``position_table_lengths``) at the table's end, where no set holds it (``_add_compared_lengths``).
     Not a dim ``dims`` fixes, nor a decoder's past or new tokens, nor past ``max_sequence``; one past
-    ``_LONGEST_TABLE_END`` or a set of more than ``most`` bytes is put in ``undrawn`` (with why in ``limits``)
-    instead. A set the original fails on is dropped unsaid: the table was not what ended its lengths. Where positions
-    count the tokens (RoBERTa's ``cumsum(input_ids != padding_idx)``), an id drawn at the padding id is moved off it:
-    drawn so, the last token counted one short of the table's last row; and a set holds the end only with no such id
-    and no token its mask pads (``_holds``)."""
+    ``_LONGEST_TABLE_END``, a set of more than ``most`` bytes, or where tokens attend to each other (``_attends``) a
+    set whose attention would cost more than ``_TABLE_END_ATTENTION_GROWTH`` times the first set's (the square of the
+    length: a 4,096-row table took a 1-layer BERT's optimization from 4.5 s and 0.56 GiB to 20 s and 4.4 GiB until
+    review s76 tcost) is put in ``undrawn`` (with why in ``limits``) instead. A set the original fails on is dropped
+    unsaid: the table was not what ended its lengths. Where positions count the tokens (RoBERTa's
+    ``cumsum(input_ids != padding_idx)``), an id drawn at the padding id is moved off it: drawn so, the last token
+    counted one short of the table's last row; and a set holds the end only with no such id and no token its mask
+    pads (``_holds``)."""
     avoided: dict[str, set[int]] = {}
     ends = position_table_lengths(model, avoided)
     if not ends:
@@ -1192,6 +1206,19 @@ def _add_table_ends(
             undrawn.setdefault(f"'{name}'", []).append(length)
         limits[f"sets of {format_bytes(most)} at most"] = None
         return
+    if _attends(model):
+        # Attention's cost against the first set's: each dim's ratio as the set changes it (the batch to one row,
+        # the lengths to the tables' ends), the lengths' twice (every token against every other).
+        cost = float(np.prod([bound[name] / base[name] for name in bound if base[name]]))
+        cost *= float(np.prod([length / base[name] for name, length in wanted.items() if base[name]]))
+        if cost > _TABLE_END_ATTENTION_GROWTH:
+            for name, length in wanted.items():
+                undrawn.setdefault(f"'{name}'", []).append(length)
+            limits[
+                f"attention there would cost about {cost:,.0f} times the first set's, "
+                f"{_TABLE_END_ATTENTION_GROWTH} at most"
+            ] = None
+            return
     try:
         inputs = make_inputs(model, bound)
         for name, values in avoided.items():
@@ -1206,6 +1233,30 @@ def _add_table_ends(
     shown = ", ".join(f"'{name}' at {length}" for name, length in wanted.items())
     label = f"generated, {shown}, the last row of a table the length indexes ({_shapes(model, inputs)}){how}"
     verifier.add_input_set(inputs, label, report_drop=False)
+
+
+def _attends(model: ir.Model) -> bool:
+    """Whether tokens attend to each other in ``model`` (``_add_table_ends``): an attention op (``_ATTENTION_OPS``), or
+    a ``MatMul``, ``FusedMatMul`` or ``Einsum`` of two operands that both depend on the graph's inputs (a query times
+    the keys, the scores times the values), where a projection multiplies by a constant weight. A subgraph's or a
+    function's own inputs are taken as computed, whatever they hold."""
+    computed: set[ir.Value] = set()
+
+    def enter(graph: ir.Graph | ir.Function) -> None:
+        computed.update(value for value in graph.inputs if not value.is_initializer())
+
+    for graph in (model.graph, *model.functions.values()):
+        enter(graph)
+        for node in ir.traversal.RecursiveGraphIterator(graph, enter_graph=enter):
+            operands = [value for value in node.inputs if value is not None]
+            if node.op_type in _ATTENTION_OPS or (
+                node.op_type in _PRODUCTS and len(operands) == 2 and all(value in computed for value in operands)
+            ):
+                return True
+            subgraphs = any(isinstance(attribute.value, ir.Graph) for attribute in node.attributes.values())
+            if subgraphs or any(value in computed for value in operands):
+                computed.update(node.outputs)
+    return False
 
 
 def _holds(inputs: Mapping[str, Any], name: str, values: set[int]) -> bool:
