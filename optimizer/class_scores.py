@@ -354,8 +354,35 @@ def argmax_outputs(model: ir.Model) -> frozenset[str]:
     """The graph outputs of ``model`` that an ONNX ``ArgMax`` or ``ArgMin`` computes, or a ``TopK`` as its indices
     (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant or looked up in a table,
     ``_IDS_SHIFTED``), whatever it picks among: class or token ids, which have no cosine even where cast to float
-    (``compare`` holds them equal in value, as integer ones, and so does the budget where it reads no logits)."""
-    return frozenset(_argmax_producers(model))
+    (``compare`` holds them equal in value, as integer ones, and so does the budget where it reads no logits). And
+    those that ops moving or picking values on the way out return some of such ids by (``joined_through``: a
+    ``Slice``, ``Gather``, ``Expand`` or ``Transpose`` of them, ``_moved_ids``), each of their values still an id: held
+    by the float tolerance, ``Slice(Cast(ArgMax))`` one class off past 10,000 classes verified until review s76
+    late76g."""
+    return frozenset(_argmax_producers(model)) | _moved_ids(model)
+
+
+def _moved_ids(model: ir.Model) -> frozenset[str]:
+    """The named graph outputs of ``model`` that ops moving or picking values (``joined_through``) return from ids an
+    ONNX ``ArgMax``, ``ArgMin`` or ``TopK`` (its indices) picks, through ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED``
+    ops before them. Not where they are picked (``picked_ids``, ``argmax_picks``): their positions are moved."""
+    found = set()
+    for output in model.graph.outputs:
+        value, passed = joined_through(output)
+        node = value.producer()
+        while passed and node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
+            if node.op_type in _IDS_PASS_THROUGH:
+                value = node.inputs[0]
+            elif (ids := _shifted_ids(node)) is not None:
+                value = ids
+            else:
+                break
+            node = value.producer()
+        if not passed or not output.name or node is None or not is_onnx_domain(node) or node.op_type not in _PICKERS:
+            continue
+        if node.op_type != "TopK" or value is node.outputs[1]:
+            found.add(output.name)
+    return frozenset(found)
 
 
 def picked_ids(model: ir.Model) -> dict[str, ir.Value]:
@@ -486,10 +513,11 @@ def joined_through(output: ir.Value) -> tuple[ir.Value, tuple[ir.Node, ...]]:
 def _joining(value: ir.Value) -> ir.Node | None:
     """The ONNX ``Concat`` that computes ``value``: its producer, or where an ``If`` returns it, the one each branch
     returns it by (``joined_through``, no op after it there), the same in both: one axis, and the very values joined
-    (computed before the ``If``), so that the ids lie where they lie whichever branch runs. None otherwise: a
-    ``Concat`` in one branch alone, or of values each branch computes (not read on a run), is not read, and its ids
-    are held by the float tolerance. Not read in a branch, ids past 10,000 classes one class off verified until review
-    s76 xfix3."""
+    (computed before the ``If``), so that the ids lie where they lie whichever branch runs; where the condition is a
+    constant (``_constant_condition``), the one the branch that runs returns it by, of values computed before the
+    ``If``. None otherwise: a ``Concat`` in one branch alone, or of values each branch computes (not read on a run), is
+    not read, and its ids are held by the float tolerance. Not read in a branch, ids past 10,000 classes one class off
+    verified until review s76 xfix3."""
     node = value.producer()
     if node is None or not is_onnx_domain(node):
         return None
@@ -498,8 +526,12 @@ def _joining(value: ir.Value) -> ir.Node | None:
     if node.op_type != "If" or not any(output is value for output in node.outputs):
         return None
     index = next(i for i, output in enumerate(node.outputs) if output is value)
+    # A constant condition runs one branch alone, on every set: its ``Concat`` is read though the other joins
+    # otherwise (an ``If(True)`` constant folding inlines); not read, its ids one class off past 10,000 classes were
+    # verified, and a correct flip at a tie of the folded result rolled back, until review s76 late76g.
+    runs = _constant_condition(node)
     found = []
-    for name in ("then_branch", "else_branch"):
+    for name in ("then_branch", "else_branch") if runs is None else ("then_branch" if runs else "else_branch",):
         branch = node.attributes.get(name)
         graph = branch.as_graph() if branch is not None and branch.type == ir.AttributeType.GRAPH else None
         if graph is None or index >= len(graph.outputs):
@@ -507,13 +539,30 @@ def _joining(value: ir.Value) -> ir.Node | None:
         inner, passed = joined_through(graph.outputs[index])
         if passed or (joining := _joining(inner)) is None:
             return None
+        if any(joined is not None and joined.graph is graph for joined in joining.inputs):
+            return None  # a value the branch computes: not read on a run
         found.append(joining)
+    if len(found) == 1:
+        return found[0]
     then, other = found
     if then.attributes.get_int("axis", 0) != other.attributes.get_int("axis", 0):
         return None
     if len(then.inputs) != len(other.inputs) or any(a is not b for a, b in zip(then.inputs, other.inputs)):
         return None
     return then
+
+
+def _constant_condition(node: ir.Node) -> bool | None:
+    """The condition of ``If`` ``node`` where it is a constant (one boolean, not a graph input a caller may override,
+    or computed from constants: ``optimizer.runtime.constant_value``), else None."""
+    from optimizer.runtime import constant_value  # here: the runtime's module loads this one on first use
+
+    condition = node.inputs[0] if node.inputs else None
+    if condition is None or condition.is_graph_input():
+        return None
+    tensor = ir.convenience.get_const_tensor(condition)
+    array = tensor.numpy() if tensor is not None else constant_value(condition)
+    return bool(array.reshape(-1)[0]) if array is not None and array.dtype.kind == "b" and array.size == 1 else None
 
 
 def joined_before_layout(model: ir.Model) -> list[ir.Value]:

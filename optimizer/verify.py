@@ -1822,8 +1822,20 @@ def _scaled_by_a_constant(node: ir.Node) -> ir.Value | None:
     return node.inputs[constant.index(False)] if constant.count(True) == 1 else None
 
 
-# Ops that move the values a ``Cast`` computes from integers on to an output (``_cast_integers``).
-_MOVES_CAST_INTEGERS = ("Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose")
+# Ops that move the values a ``Cast`` computes from integers on to an output (``_cast_integers``), or pick some of
+# them (their first input's: ids sliced or gathered on the way out, ``Slice(Cast(ArgMax))``, whose flip at a tie was
+# rolled back until review s76 late76g; a fed run computes what a ``Gather``'s indices read from floats, exactly).
+_MOVES_CAST_INTEGERS = (
+    "Identity",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Flatten",
+    "Transpose",
+    "Slice",
+    "Gather",
+    "Expand",
+)
 
 
 def _integer_outputs_missed(
