@@ -1335,12 +1335,14 @@ def _lengths_a_rewrite_compares(
         and length not in held.get(name, ())
     ]
     # A rotary cache's rows the rewrite changed, read at positions the graph counts from the mask's length (a GenAI
-    # decoder's ``GroupQueryAttention``, a ``RotaryEmbedding`` at an offset): the first and last changed, each by a
-    # decode step there; no input's ids read them, and rows past 512 verified until review s76 late76d.
+    # decoder's ``GroupQueryAttention``, a ``RotaryEmbedding`` at an offset): the first and last changed, and the last
+    # within ``max_positions``, each by a decode step there; no input's ids read them, and rows past 512 verified
+    # until review s76 late76d. A last row past ``max_positions`` is named below; the last within was left undrawn,
+    # and a rewrite wrong there (a 8,192-row cache, --max-sequence 4096) verified until review s76 late76f.
     wanted += [
         (name, row + 1, f"the new token at position {row}, a row of {table!r} the pass changed")
         for table, rows in counted_position_rows(before, candidate)
-        for row in sorted({rows[0], rows[-1]})
+        for row in sorted({rows[0], rows[-1], *[row for row in rows if not max_positions or row < max_positions][-1:]})
         for name in totals
     ]
     sets: list[tuple[dict[str, np.ndarray], str]] = []

@@ -2952,20 +2952,22 @@ class Verifier:
             return ""
         return f"also checked on {label} (no input set read those rows)"
 
-    def reach_compared_lengths(self, candidate: ir.Model, before: ir.Model) -> str:
+    def reach_compared_lengths(self, candidate: ir.Model, before: ir.Model) -> tuple[str, str]:
         """Add the input sets ``length_sets`` makes for the lengths ``candidate`` compares with constants where
         ``before`` does not and no set holds (``Equal(Shape(input_ids)[1], 2)`` written by the pass); a note saying
-        so, or "". The lengths compared were read from the original graph alone, and a rewrite that branched on a
-        length of its own (a decoder's query scaled at 2 new tokens, or at a context of 64) verified (review s76,
-        the decoder mutation hunt)."""
+        so, or "", and the note naming the lengths left out, or "" (for the pipeline to give only where the rewrite
+        is kept: a rolled-back pass was said not to be verified at them until review s76 late76f). The lengths
+        compared were read from the original graph alone, and a rewrite that branched on a length of its own (a
+        decoder's query scaled at 2 new tokens, or at a context of 64) verified (review s76, the decoder mutation
+        hunt)."""
         if self.length_sets is None or not self.input_sets:
-            return ""
+            return "", ""
         notes = []
         sets, left_out = self.length_sets(candidate, before)
         for inputs, label in sets:
             if self._add_reaching_set(inputs, label):
                 notes.append(f"also checked on {label} (no input set held that length)")
-        return "; ".join([*notes, *([left_out] if left_out else [])])
+        return "; ".join(notes), left_out or ""
 
     def _add_reaching_set(self, inputs: dict[str, np.ndarray], label: str) -> bool:
         """``add_input_set`` for a set a pass's result calls for, its references the base's (after an approximate
@@ -4900,9 +4902,12 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
 
 def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol]]:
     """``(name, rows)`` of each constant whose rows along axis 0 are the rows of the table ``value`` is: an
-    initializer's, a ``Constant``'s, or those of a ``DequantizeLinear`` of an initializer (an int8 embedding): its
-    quantized rows, and its scale and zero point where they hold one per row. A table held in a ``Constant`` node or
-    behind a ``DequantizeLinear`` was no table, and a swap of two of its rows verified until review s76 late76d."""
+    initializer's, a ``Constant``'s (a tensor, or ``value_floats`` / ``value_ints``), or those of a
+    ``DequantizeLinear`` of an initializer (an int8 or int4 embedding): its quantized rows, and its scale and zero
+    point where their rows are the table's (one per row, ``axis`` 0; or blocks along another axis, ``block_size``).
+    A table held in a ``Constant`` node or behind a ``DequantizeLinear`` was no table, and a swap of two of its rows
+    verified until review s76 late76d; one in ``value_floats``, or of two rows' block scales, until review s76 late76f.
+    Blocks along axis 0 (a scale's row is ``block_size`` rows of the table) are not read."""
     if value is None:
         return []
     if value.const_value is not None:
@@ -4910,65 +4915,82 @@ def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol]]:
     producer = value.producer()
     if producer is None or not is_onnx_domain(producer):
         return []
-    if producer.op_type == "Constant" and (held := producer.attributes.get("value")) is not None:
-        return [(value.name or "", held.value)] if held.type == ir.AttributeType.TENSOR else []
+    if producer.op_type == "Constant":
+        if (key := next((key for key in _HELD_TABLES if key in producer.attributes), None)) is None:
+            return []
+        held = producer.attributes[key].value
+        return [(value.name or "", held if key == "value" else ir.tensor(np.asarray(held, _HELD_TABLES[key])))]
     if producer.op_type != "DequantizeLinear" or not producer.inputs or producer.inputs[0] is None:
         return []
     quantized = producer.inputs[0].const_value
     if quantized is None or not quantized.shape:
         return []
     found = [(producer.inputs[0].name or "", quantized)]
-    per_row = producer.attributes.get_int("axis", 1) in (0, -len(quantized.shape))
-    for data in producer.inputs[1:3] if per_row and not producer.attributes.get_int("block_size", 0) else ():
-        if (
-            data is not None
-            and data.const_value is not None
-            and tuple(data.const_value.shape) == tuple(quantized.shape)[:1]
+    along_rows = producer.attributes.get_int("axis", 1) in (0, -len(quantized.shape))
+    blocked = producer.attributes.get_int("block_size", 0) > 0
+    for data in producer.inputs[1:3] if along_rows != blocked else ():
+        held_rows = data is not None and data.const_value is not None and data.const_value.shape
+        if held_rows and (
+            tuple(held_rows) == tuple(quantized.shape)[:1]
+            or (blocked and len(held_rows) == len(quantized.shape) and held_rows[0] == quantized.shape[0])
         ):
             found.append((data.name or "", data.const_value))
     return found
 
 
+# The attributes of a ``Constant`` that hold a table (``_tables_held``), with the dtype of a list's values.
+_HELD_TABLES = {"value": None, "value_floats": np.float32, "value_ints": np.int64}
+
+
 def counted_position_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, list[int]]]:
     """``(table, rows)`` for each rotary cache read at positions the graph counts, no input's ids (a
-    ``GroupQueryAttention``'s cos/sin caches with ``do_rotary``, from the mask's length; a ``RotaryEmbedding`` whose
-    ``position_ids`` no graph input is, an offset the mask's length gives), ``rows`` those ``candidate`` changed from
-    ``before`` (matched by name, or else in order). A decode step at position ``row`` reads one: the new token after a
-    past of ``row`` tokens. ``_rewritten_rows`` reads those of a graph input's ids alone, and a rewrite wrong in a
-    GenAI decoder's caches past position 512 (where generated sets end), or in their last row, verified until review
-    s76 late76d."""
+    ``GroupQueryAttention``'s cos/sin caches with ``do_rotary``, from the mask's length; a ``RotaryEmbedding``, fused
+    or ONNX's own, whose ``position_ids`` no graph input is, an offset the mask's length gives, or positions counted
+    on from it: ONNX's was left out, and its last row read one late verified, until review s76 late76f), ``rows``
+    those ``candidate`` changed from ``before``: each node's caches against its own (in order, where a node's cache
+    is one ``before`` held under another name), or else matched by name. A decode step at position ``row`` reads
+    one: the new token after a past of ``row`` tokens. ``_rewritten_rows`` reads those of a graph input's ids alone,
+    and a rewrite wrong in a GenAI decoder's caches past position 512 (where generated sets end), or in their last
+    row, verified until review s76 late76d; one wrong in a copy that one layer reads of caches the layers share,
+    until review s76 late76f (the caches, each read once, were matched by name)."""
 
     def tables(model: ir.Model) -> list[tuple[str, ir.TensorProtocol]]:
         inputs = {id(value) for value in model.graph.inputs}
         found: list[tuple[str, ir.TensorProtocol]] = []
         for node in model.graph:
-            if node.domain != MS_DOMAIN:
-                continue
-            if node.op_type == "GroupQueryAttention" and node.attributes.get_int("do_rotary", 0):
+            rotary = _lookups(node) if node.op_type == "RotaryEmbedding" else ()
+            if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN:
+                if not node.attributes.get_int("do_rotary", 0):
+                    continue
                 read = node.inputs[7:9]
-            elif node.op_type == "RotaryEmbedding" and len(node.inputs) > 1:
-                if (ids := _ids_read(node.inputs[1])) is not None and id(ids) in inputs:
+            elif rotary and rotary[0][0] < len(node.inputs) and node.inputs[rotary[0][0]] is not None:
+                if (ids := _ids_read(node.inputs[rotary[0][0]])) is not None and id(ids) in inputs:
                     continue  # read by an input's ids: ``_rewritten_rows``
-                read = node.inputs[2:4]
+                read = [node.inputs[table] for _, table in rotary if table < len(node.inputs)]
             else:
                 continue
-            for data in read:
-                if data is not None and data.const_value is not None:
-                    if all(tensor is not data.const_value for _, tensor in found):  # caches the layers share
-                        found.append((data.name or "", data.const_value))
+            found += [
+                (data.name or "", data.const_value)
+                for data in read
+                if data is not None and data.const_value is not None
+            ]
         return found
 
     read, rewritten_tables = tables(before), tables(candidate)
-    by_name = dict(rewritten_tables)
+    by_name, names = dict(rewritten_tables), {table for table, _ in read}
     changed = []
+    compared: list[tuple[ir.TensorProtocol, ir.TensorProtocol]] = []
     for index, (table, tensor) in enumerate(read):
-        if table in by_name:
-            rewritten = by_name[table]
-        elif len(rewritten_tables) == len(read):
+        if len(rewritten_tables) == len(read) and rewritten_tables[index][0] not in names - {table}:
             table, rewritten = rewritten_tables[index]
+        elif table in by_name:
+            rewritten = by_name[table]
         else:
             continue
-        if rewritten is not tensor and (rows := _changed_rows(tensor, rewritten)):
+        if rewritten is tensor or any(a is tensor and b is rewritten for a, b in compared):  # caches layers share
+            continue
+        compared.append((tensor, rewritten))
+        if rows := _changed_rows(tensor, rewritten):
             changed.append((table, rows))
     return changed
 
@@ -4978,7 +5000,9 @@ def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:
     ``Gather`` along axis 0, and ``EmbedLayerNormalization``'s word, segment and position lookups (a fused BERT
     embedding whose word table had two rows swapped was verified until review s76 late76a: the ``Gather`` was gone), and
     a fused ``RotaryEmbedding``'s cos and sin caches by its ``position_ids`` (review s76, the decoder mutation hunt), or
-    ONNX's own (opset 23) where it takes them (its caches' last row read one late verified until review s76 late76d)."""
+    ONNX's own (opset 23) where it takes them (its caches' last row read one late verified until review s76 late76d);
+    and ``GatherBlockQuantized``'s (an int4 table, as ``--quantize int4`` writes it) packed rows, scales and zero
+    points along its ``gather_axis`` 0 (a swap of two of its rows verified until review s76 late76f)."""
     if node.op_type == "Gather" and is_onnx_domain(node) and node.attributes.get_int("axis", 0) == 0:
         return ((1, 0),)
     if node.op_type == "EmbedLayerNormalization" and node.domain == MS_DOMAIN:
@@ -4987,6 +5011,8 @@ def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:
         return ((1, 2), (1, 3))
     if node.op_type == "RotaryEmbedding" and is_onnx_domain(node):  # ONNX's (opset 23): x, cos, sin, position_ids
         return ((3, 1), (3, 2))
+    if node.op_type == "GatherBlockQuantized" and node.domain == MS_DOMAIN:  # data, indices, scales, zero points
+        return ((1, 0), (1, 2), (1, 3)) if node.attributes.get_int("gather_axis", 0) == 0 else ()
     return ()
 
 
