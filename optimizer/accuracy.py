@@ -550,6 +550,11 @@ class Drift:
     # counted as ``top1``: their top-1, which ``AccuracyBudget.min_top1`` holds too (``--min-top1 0.99`` was met by a
     # classifier returning its ids alone with 1 in 20 changed decisively, until a late review, s73 top1).
     ids_top1: tuple[str, int, int, int] | None = None
+    # Each output the original computes as mostly one of its inputs (``with_residuals``), scored less it too: the
+    # output's name and the input's. Its cosine alone measures the input (RivaGAN's frame), not what the model adds.
+    scored_less: tuple[tuple[str, str], ...] = ()
+    # Where the worst score (or worst sample) is an output's less its input (one of ``scored_less``): which.
+    added: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -604,6 +609,14 @@ class Drift:
             said += f" ({name}: ArgMax ids, top-1 {share}; {changed} of {compared} changed, {near} at a near tie)"
         if self.shared is not None:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
+        if self.added is not None:
+            name, source = self.added
+            said += (
+                f" ({residual_name(name, source)}: what {name} adds to input {source}, which it mostly is, scored on "
+                "its own)"
+            )
+        if others := [pair for pair in self.scored_less if pair != self.added]:
+            said += " (" + ", ".join(f"{name} scored less input {source} too" for name, source in others) + ")"
         if self.top1 is not None:
             name, changed, near, compared = self.top1
             own = share_text(_kept_share(changed, near, compared) if compared else None)  # not the ids' beside them
@@ -658,6 +671,8 @@ def ratio_text(ratio: float) -> str:
 _LOGITS_SUFFIX = "\x00logits"
 _PICKS_SUFFIX = "\x00picks"
 _RANKS_SUFFIX = "\x00ranks"
+# Between an output's name and an input's, the key of the output less that input (``residual_key``).
+_LESS = "\x00less\x00"
 
 
 def logits_key(name: str) -> str:
@@ -681,9 +696,22 @@ def ranks_key(name: str) -> str:
     return name + _RANKS_SUFFIX
 
 
+def residual_key(name: str, input_name: str) -> str:
+    """The key, beside output ``name`` in one run's outputs, of that output less input ``input_name``, which the
+    original's output mostly is (``with_residuals``): the part the model adds, scored on its own (``paired_drift``)."""
+    return name + _LESS + input_name
+
+
+def residual_name(name: str, input_name: str) -> str:
+    """How output ``name`` less input ``input_name`` (``with_residuals``) is named where it is scored."""
+    return f"{name} − {input_name}"
+
+
 def logits_owner(key: str) -> str | None:
     """The output whose logits, picked ids or ranks ``key`` holds (``logits_key``, ``picks_key``, ``ranks_key``), or
-    None for an output's own key."""
+    whose part added to an input it holds (``residual_key``), or None for an output's own key."""
+    if _LESS in key:
+        return key.split(_LESS, 1)[0]
     suffixes = (_LOGITS_SUFFIX, _PICKS_SUFFIX, _RANKS_SUFFIX)
     suffix = next((suffix for suffix in suffixes if key.endswith(suffix)), None)
     return None if suffix is None else key[: -len(suffix)]
@@ -706,6 +734,65 @@ def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) ->
     return moved
 
 
+# An output the original computes as mostly one of its inputs of the same shape (a residual ``y = x + d``: a
+# watermark encoder's frame plus its mark, a denoiser, a transformer layer exported alone), its distance from that
+# input within this fraction of its norm on every run, is scored less that input too: RivaGAN's encoder output read
+# cosine 0.99996 after int8 while its watermark, 1 % of it, read 0.965 (worst 0.891), and a rewrite that dropped the
+# mark (output = input) would have met --min-cosine 0.99 (review s76 resid).
+_MOSTLY_INPUT = 0.1
+# An output no further from its input than float32 rounding of it (an Identity, a Cast back and forth) adds nothing
+# to score: an fp16 rewrite's rounding of an output that is its input would read a cosine of 0.
+_ADDED_FLOOR = 1e-6
+
+
+def with_residuals(
+    inputs: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``before`` and ``after`` (two models' outputs, run on ``inputs``) with, beside each float output that the
+    original's run ``before`` puts within ``_MOSTLY_INPUT`` of its norm of a float input of the same shape (the
+    nearest, where several are) and further than ``_ADDED_FLOOR`` of it, that output less the input in both
+    (``residual_key``): the part the model adds, which ``paired_drift`` scores on its own where every run has it.
+    Found from the values, not from how the graph spells the sum (``Add(x, d)``, ``Add(d, x)``, ``Sub``, a ``Mul`` by
+    ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed) add 0."""
+    floats = {
+        name: np.asarray(value, np.float64)
+        for name, value in inputs.items()
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f" and value.size
+    }
+    if not floats:
+        return dict(before), dict(after)
+    added_before, added_after = dict(before), dict(after)
+    for name, expected in before.items():
+        actual = after.get(name)
+        if (
+            logits_owner(name) is not None
+            or not isinstance(expected, np.ndarray)
+            or np.ma.isMaskedArray(expected)
+            or expected.dtype.kind != "f"
+            or not isinstance(actual, np.ndarray)
+            or actual.shape != expected.shape
+        ):
+            continue
+        e = np.asarray(expected, np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            norm = float(np.linalg.norm(e))
+            distances = {
+                source: float(np.linalg.norm(e - x)) for source, x in floats.items() if x.shape == expected.shape
+            }
+        near = {source: d for source, d in distances.items() if math.isfinite(d) and d <= _MOSTLY_INPUT * norm}
+        if not near or not math.isfinite(norm):
+            continue
+        source = min(near, key=near.__getitem__)
+        if near[source] <= _ADDED_FLOOR * norm:
+            continue
+        x, a = floats[source], np.asarray(actual, np.float64)
+        zeroed = (e == 0) & (a == 0)
+        key = residual_key(name, source)
+        added_before[key] = np.where(zeroed, 0.0, e - x)
+        added_after[key] = np.where(zeroed, 0.0, a - x)
+    return added_before, added_after
+
+
 def output_drift(
     before: Sequence[Mapping[str, Any]],
     after: Sequence[Mapping[str, Any]],
@@ -726,7 +813,8 @@ def output_drift(
     the cosine an error of that size at right angles would give (the rule of
     ``compare --min-cosine`` for an output of one value). The result is the minimum over
     outputs, so one damaged output is not hidden by good ones. Comparing nothing is
-    an error, not a perfect score.
+    an error, not a perfect score. Given ``batches`` and ``model``, an output the original computes as mostly one of
+    its inputs is scored less that input too (``with_residuals``): its own cosine is the input's.
     """
     pairs = zip(before, after)
     score_outputs = elsewhere = ids = frozenset()
@@ -739,7 +827,8 @@ def output_drift(
         axes = output_sample_axes(model)
         pairs = (
             (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
-            for batch, (b, a) in zip(batches, unpadded(model, batches, pairs))
+            for batch, run in zip(batches, unpadded(model, batches, pairs))
+            for b, a in [with_residuals(batch, *run)]  # what an output adds to an input it mostly is, beside it
         )
         score_outputs, elsewhere = class_score_layout(model)
         ids = argmax_outputs(model)
@@ -781,6 +870,10 @@ def paired_drift(
     out of their picks otherwise (the rewrite computes the ids otherwise), by its share of equal values, as is any
     output ``ids`` names (``optimizer.class_scores.argmax_outputs``: a ``TopK``'s indices cast to float) that no
     logits score.
+
+    A float output whose part added to an input (``residual_key``, ``with_residuals``) every run gives beside it is
+    scored as it is and that part as an output of its own (``residual_name``), the worse counting: ``Drift.scored_less``
+    names each, ``Drift.added`` the one of the worst score.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -792,6 +885,10 @@ def paired_drift(
     scales: dict[str, float] = {}
     # Outputs' small-scale fields scored on their own (``small_scale_fields``), by the name they are scored under.
     split: set[str] = set()
+    # Float outputs' runs scored, and the parts they add to an input (``with_residuals``): each part's output and
+    # runs; a part some run lacks (the output mostly its input on some runs only) is not scored.
+    runs_of: dict[str, int] = {}
+    residuals: dict[str, tuple[str, str, int]] = {}
     max_error = 0.0
     max_error_output = None
     reshaped = changed = None
@@ -899,6 +996,16 @@ def paired_drift(
                 part = fields_name(name, axis, index)
                 parts.append((part, np.take(e, index, axis=axis), np.take(a, index, axis=axis)))
                 split.add(part)
+            runs_of[name] = runs_of.get(name, 0) + 1
+            for key in expected_run:
+                if key.startswith(name + _LESS) and key in actual_run and np.shape(actual_run[key]) == e.shape:
+                    # The part the model adds to an input it mostly is (``with_residuals``): beside the input its
+                    # loss is not seen.
+                    source = key[len(name + _LESS) :]
+                    part = residual_name(name, source)
+                    added = [np.nan_to_num(np.asarray(run[key], np.float64)) for run in (expected_run, actual_run)]
+                    parts.append((part, *added))
+                    residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1)
             for scored_name, e, a in parts:  # the whole output, then its small-scale fields
                 if e.ndim <= 1 or e.size == len(e):
                     sums = single.setdefault(scored_name, [0.0, 0.0])
@@ -918,6 +1025,10 @@ def paired_drift(
                 if abs(farthest - 1.0) > abs(scales.get(scored_name, 1.0) - 1.0):
                     scales[scored_name] = farthest
                 lowest[scored_name] = min(lowest.get(scored_name, 1.0), float(scored.min()))
+    for part, (owner, _, count) in residuals.items():
+        if count < runs_of[owner]:
+            for table in (scores, lowest, single, plain, scales):
+                table.pop(part, None)
     per_output = {name: float(np.mean(values)) for name, values in scores.items()}
     relative: dict[str, float] = {}
     for name, (expected_square, error_square) in single.items():
@@ -947,6 +1058,14 @@ def paired_drift(
     # integer or text output's, that it is a share of equal values, not a cosine.
     on_logits = (worst, *picked[worst]) if worst in picked else None
     shared = worst if worst in by_share else None
+    # The outputs scored less an input they mostly are, and where the worst score (or worst sample) is such a part's,
+    # which: the figure names them.
+    scored_less = tuple(residuals[part][:2] for part in residuals if part in per_output)
+    added = residuals[worst][:2] if worst in residuals else None
+    if added is None:
+        added = next(
+            (residuals[part][:2] for part in residuals if part in per_output and lowest[part] <= worst_sample), None
+        )
     return Drift(
         per_output[worst],
         max_error,
@@ -961,6 +1080,8 @@ def paired_drift(
         shared,
         _lowest_top1(top1),
         _lowest_top1(picked),
+        scored_less,
+        added,
     )
 
 

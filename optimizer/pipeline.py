@@ -347,6 +347,11 @@ def _run_one(
         # and the figure, measured against the original, holds it: the last pass's is the model's accuracy.
         fitted = f"the result of {', '.join(earlier)} was fitted to (an optimistic figure)"
         record.accuracy_on += f"{', and' if fit else ','} which {fitted}"
+    if record.accuracy_on and verdict.drift.scored_less:
+        # An output the original computes as mostly one of its inputs: its cosine alone is the input's, and the
+        # table's holds what the model adds to it too (``optimizer.accuracy.with_residuals``).
+        less = ", ".join(f"{name} less input {source}" for name, source in verdict.drift.scored_less)
+        record.accuracy_on += f"; {less} scored too (the output is mostly that input)"
     if verdict.twin_error is not None:
         twin = result.twin
         record.twin = f"{twin.description}; max |Δ| {verdict.twin_error:.2e} ({twin.kind} tolerance)"

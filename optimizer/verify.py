@@ -49,6 +49,7 @@ from optimizer.accuracy import (
     root_mean_square,
     root_mean_square_of_parts,
     samples_first,
+    with_residuals,
 )
 from optimizer.class_scores import (
     IdsBeside,
@@ -2636,6 +2637,7 @@ def _streamed_drift(
                     with_logits(run_session(session, {**batch, **drawn}), candidate_picks, candidate_names),
                 )
                 for before, after in unpadded(original, [batch], [run]):
+                    before, after = with_residuals(batch, before, after)
                     moved = axes.in_run(batch, before)
                     yield samples_first(before, moved), samples_first(after, moved)
 
