@@ -1052,9 +1052,17 @@ _LONGEST_TABLE_END = 4096
 # without (review s76 late76c): 1,024 times the attention of the first set's 128 tokens. A 512-row table is 16 times,
 # a 1,024-row one 64 times: both keep the set (review s76 tcost).
 _TABLE_END_ATTENTION_GROWTH = 64
-# Ops whose run time and memory grow with the square of the tokens they attend over.
+# Ops whose run time and memory grow with the square of the tokens they attend over; ``QAttention`` too, which the
+# int8 passes write (a model they quantized, optimized again, was read as no attention until review s76 late76i).
 _ATTENTION_OPS = frozenset(
-    {"Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention", "PackedMultiHeadAttention"}
+    {
+        "Attention",
+        "QAttention",
+        "MultiHeadAttention",
+        "GroupQueryAttention",
+        "PackedAttention",
+        "PackedMultiHeadAttention",
+    }
 )
 _PRODUCTS = ("MatMul", "FusedMatMul", "Einsum")
 
@@ -1207,10 +1215,12 @@ def _add_table_ends(
         limits[f"sets of {format_bytes(most)} at most"] = None
         return
     if _attends(model):
-        # Attention's cost against the first set's: each dim's ratio as the set changes it (the batch to one row,
-        # the lengths to the tables' ends), the lengths' twice (every token against every other).
-        cost = float(np.prod([bound[name] / base[name] for name in bound if base[name]]))
-        cost *= float(np.prod([length / base[name] for name, length in wanted.items() if base[name]]))
+        # Attention's cost against the first set's: each other dim's ratio as the set changes it (the batch to one
+        # row), and the square of the most any length grows (every token against every other): two lengths attend
+        # each over itself, or one over the other, not over the product of both. Multiplied, a two-tower encoder's
+        # 512-row ends were 256 times the first set's and left out until review s76 late76i.
+        cost = float(np.prod([bound[name] / base[name] for name in bound if base[name] and name not in wanted]))
+        cost *= max((length / base[name] for name, length in wanted.items() if base[name]), default=1.0) ** 2
         if cost > _TABLE_END_ATTENTION_GROWTH:
             for name, length in wanted.items():
                 undrawn.setdefault(f"'{name}'", []).append(length)

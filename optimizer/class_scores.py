@@ -355,30 +355,33 @@ def argmax_outputs(model: ir.Model) -> frozenset[str]:
     (directly or through ``_IDS_PASS_THROUGH``, or offset or scaled by a constant or looked up in a table,
     ``_IDS_SHIFTED``), whatever it picks among: class or token ids, which have no cosine even where cast to float
     (``compare`` holds them equal in value, as integer ones, and so does the budget where it reads no logits). And
-    those that ops moving or picking values on the way out return some of such ids by (``joined_through``: a
-    ``Slice``, ``Gather``, ``Expand`` or ``Transpose`` of them, ``_moved_ids``), each of their values still an id: held
-    by the float tolerance, ``Slice(Cast(ArgMax))`` one class off past 10,000 classes verified until review s76
-    late76g."""
+    those that ops moving or picking values on the way out return some of such ids by (a ``Slice``, ``Gather``,
+    ``Expand`` or ``Transpose`` of them, offset or scaled before or after it, ``_moved_ids``), each of their values
+    still an id: held by the float tolerance, ``Slice(Cast(ArgMax))`` one class off past 10,000 classes verified until
+    review s76 late76g, and ``Add(Slice(Cast(ArgMax)), 1)`` until review s76 late76i."""
     return frozenset(_argmax_producers(model)) | _moved_ids(model)
 
 
 def _moved_ids(model: ir.Model) -> frozenset[str]:
-    """The named graph outputs of ``model`` that ops moving or picking values (``joined_through``) return from ids an
-    ONNX ``ArgMax``, ``ArgMin`` or ``TopK`` (its indices) picks, through ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED``
-    ops before them. Not where they are picked (``picked_ids``, ``argmax_picks``): their positions are moved."""
+    """The named graph outputs of ``model`` that ops moving or picking values (``_MOVING_OPS``, read through
+    ``Identity`` and ``Dropout``) return from ids an ONNX ``ArgMax``, ``ArgMin`` or ``TopK`` (its indices) picks,
+    through ``_IDS_PASS_THROUGH`` and ``_IDS_SHIFTED`` ops before or after them, in any order. Not where they are picked
+    (``picked_ids``, ``argmax_picks``): their positions are moved. Read only with the moves last, 1-based labels sliced
+    on the way out, ``Add(Slice(Cast(ArgMax)), 1)``, were held by the float tolerance, one class off past 10,000
+    classes verified, until review s76 late76i."""
     found = set()
     for output in model.graph.outputs:
-        value, passed = joined_through(output)
-        node = value.producer()
-        while passed and node is not None and is_onnx_domain(node) and node.inputs and node.inputs[0] is not None:
-            if node.op_type in _IDS_PASS_THROUGH:
-                value = node.inputs[0]
-            elif (ids := _shifted_ids(node)) is not None:
-                value = ids
+        value, moved = output, False
+        while (node := value.producer()) is not None and is_onnx_domain(node) and node.inputs:
+            if node.inputs[0] is None:
+                break
+            if (ids := _shifted_ids(node)) is not None:
+                value = ids  # before the moves: a ``Gather`` from a table of labels looks them up
+            elif node.op_type in (*_MOVING_OPS, "Identity", "Dropout") and node.outputs[0] is value:
+                value, moved = node.inputs[0], moved or node.op_type in _MOVING_OPS
             else:
                 break
-            node = value.producer()
-        if not passed or not output.name or node is None or not is_onnx_domain(node) or node.op_type not in _PICKERS:
+        if not moved or not output.name or node is None or not is_onnx_domain(node) or node.op_type not in _PICKERS:
             continue
         if node.op_type != "TopK" or value is node.outputs[1]:
             found.add(output.name)
