@@ -1335,15 +1335,21 @@ def _lengths_a_rewrite_compares(
     # only where ``candidate`` goes no other way on that dim. Counted as
     # held, a branch at 129 a rewrite wrote in the original's ``129 <= L < 200`` (129 no set held) was verified until
     # review s76 late76e.
+    # The original's own ways together, drawn where the rewrite goes another way, come after its new lengths and
+    # rotary rows (``own``): drawn first, four of them took the sets, and a branch at 1,000 a rewrite wrote beside
+    # four windows straddling 128..257 was only named, not drawn, until review s76 late76h.
     one_at_a_time = compared_lengths(before, held, bindings[0], bindings)
     together = compared_lengths(before, held, bindings[0], bindings, between=True)
-    wanted = [
-        (name, length, "a length the rewrite compares")
-        for name, lengths in compared_lengths(candidate, held, bindings[0], bindings, between=True).items()
-        for length in lengths
-        if length not in (together.get(name, []) if lengths == together.get(name) else one_at_a_time.get(name, []))
-        and length not in held.get(name, ())
-    ]
+    wanted: list[tuple[str, int, str]] = []
+    own: list[tuple[str, int, str]] = []
+    for name, lengths in compared_lengths(candidate, held, bindings[0], bindings, between=True).items():
+        for length in lengths:
+            if length in (together.get(name, []) if lengths == together.get(name) else one_at_a_time.get(name, [])):
+                continue
+            if length not in held.get(name, ()):
+                (own if length in together.get(name, ()) else wanted).append(
+                    (name, length, "a length the rewrite compares")
+                )
     # A rotary cache's rows the rewrite changed, read at positions the graph counts from the mask's length (a GenAI
     # decoder's ``GroupQueryAttention``, a ``RotaryEmbedding`` at an offset): the first and last changed, and the last
     # within ``max_positions``, each by a decode step there; no input's ids read them, and rows past 512 verified
@@ -1355,6 +1361,7 @@ def _lengths_a_rewrite_compares(
         for row in sorted({rows[0], rows[-1], *[row for row in rows if not max_positions or row < max_positions][-1:]})
         for name in totals
     ]
+    wanted += own
     sets: list[tuple[dict[str, np.ndarray], str]] = []
     drawn: set[tuple[str, int]] = set()
     undrawn: dict[str, list[int]] = {}

@@ -4864,56 +4864,64 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
     [CLS] and [SEP] in a second table the ids index was verified (review s75 late75g). A fused ``RotaryEmbedding``'s
     cos/sin caches are such tables, rows read by its ``position_ids``: built for ``--max-sequence`` positions (4,096),
     they were read at 512 at most, and a rewrite wrong only in their rows past that, or in their last, verified
-    (review s76, the decoder mutation hunt)."""
+    (review s76, the decoder mutation hunt). Each lookup's tables against its own, in order (where a lookup's table is
+    one ``before`` held under another name, by name), in subgraphs too: a table two lookups share, read once and
+    matched by name, left a copy one lookup was given (rows 101 and 102 swapped) never compared, and it was verified
+    until review s76 late76h."""
 
-    def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol]]]:
+    def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol, int]]]:
         inputs = {id(value): value.name for value in model.graph.inputs}
-        found: dict[str, list[tuple[str, ir.TensorProtocol]]] = {}
-        for node in model.graph:
+        found: dict[str, list[tuple[str, ir.TensorProtocol, int]]] = {}
+        for node in ir.traversal.RecursiveGraphIterator(model.graph):
             for ids_index, table_index in _lookups(node):
                 if max(ids_index, table_index) >= len(node.inputs):
                     continue
                 tables, indices = _tables_held(node.inputs[table_index]), _ids_read(node.inputs[ids_index])
                 if not tables or indices is None or id(indices) not in inputs:
                     continue
-                read = found.setdefault(indices.name, [])
-                for table in tables:
-                    if all(tensor is not table[1] for _, tensor in read):  # a table two Gathers share, diffed once
-                        read.append(table)
+                blocks = _block_rows(node, table_index)
+                found.setdefault(indices.name, []).extend((name, table, step * blocks) for name, table, step in tables)
         return found
 
     after = tables(candidate)
     changed = []
     for name, read in tables(before).items():
         rewritten_tables = after.get(name, [])
-        by_name = dict(rewritten_tables)
-        for index, (table, tensor) in enumerate(read):
-            if table in by_name:
+        by_name, names = {table: rewritten for table, rewritten, _ in rewritten_tables}, {table for table, _, _ in read}
+        compared: list[tuple[ir.TensorProtocol, ir.TensorProtocol]] = []
+        for index, (table, tensor, step) in enumerate(read):
+            if len(rewritten_tables) == len(read) and rewritten_tables[index][0] not in names - {table}:
+                renamed, rewritten, _ = rewritten_tables[index]
+            elif table in by_name:
                 renamed, rewritten = table, by_name[table]
-            elif len(rewritten_tables) == len(read):
-                renamed, rewritten = rewritten_tables[index]
             else:
                 continue
-            if rewritten is tensor:  # a pass replaces a weight, never writes it in place
+            # A pass replaces a weight, never writes it in place; a table lookups share is diffed once.
+            if rewritten is tensor or any(a is tensor and b is rewritten for a, b in compared):
                 continue
-            rows = _changed_rows(tensor, rewritten)
+            compared.append((tensor, rewritten))
+            # A block's scale is read by the first row of its block: row 1 of scales blocked by 32 rows read at id 1,
+            # a row of block 0, and a swap of two blocks' scales was verified until review s76 late76h.
+            rows = [row * step for row in _changed_rows(tensor, rewritten)]
             if rows:
                 changed.append((name, renamed or table, rows))
     return changed
 
 
-def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol]]:
-    """``(name, rows)`` of each constant whose rows along axis 0 are the rows of the table ``value`` is: an
+def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol, int]]:
+    """``(name, rows, step)`` of each constant whose rows along axis 0 are the rows of the table ``value`` is (each
+    row ``step`` rows of it, from the first; 1 but for blocks along the rows): an
     initializer's, a ``Constant``'s (a tensor, or ``value_floats`` / ``value_ints``), or those of a
     ``DequantizeLinear`` of an initializer (an int8 or int4 embedding): its quantized rows, and its scale and zero
     point where their rows are the table's (one per row, ``axis`` 0; or blocks along another axis, ``block_size``).
     A table held in a ``Constant`` node or behind a ``DequantizeLinear`` was no table, and a swap of two of its rows
     verified until review s76 late76d; one in ``value_floats``, or of two rows' block scales, until review s76 late76f.
-    Blocks along axis 0 (a scale's row is ``block_size`` rows of the table) are not read."""
+    Blocks along axis 0 (a scale's row is ``block_size`` rows of the table, ``step``) were not read, and a swap of two
+    blocks' scales verified, until review s76 late76h."""
     if value is None:
         return []
     if value.const_value is not None:
-        return [(value.name or "", value.const_value)]
+        return [(value.name or "", value.const_value, 1)]
     producer = value.producer()
     if producer is None or not is_onnx_domain(producer):
         return []
@@ -4921,23 +4929,38 @@ def _tables_held(value: ir.Value | None) -> list[tuple[str, ir.TensorProtocol]]:
         if (key := next((key for key in _HELD_TABLES if key in producer.attributes), None)) is None:
             return []
         held = producer.attributes[key].value
-        return [(value.name or "", held if key == "value" else ir.tensor(np.asarray(held, _HELD_TABLES[key])))]
+        return [(value.name or "", held if key == "value" else ir.tensor(np.asarray(held, _HELD_TABLES[key])), 1)]
     if producer.op_type != "DequantizeLinear" or not producer.inputs or producer.inputs[0] is None:
         return []
     quantized = producer.inputs[0].const_value
     if quantized is None or not quantized.shape:
         return []
-    found = [(producer.inputs[0].name or "", quantized)]
+    found = [(producer.inputs[0].name or "", quantized, 1)]
     along_rows = producer.attributes.get_int("axis", 1) in (0, -len(quantized.shape))
-    blocked = producer.attributes.get_int("block_size", 0) > 0
-    for data in producer.inputs[1:3] if along_rows != blocked else ():
+    block = max(producer.attributes.get_int("block_size", 0), 0)
+    step = block if along_rows and block else 1
+    for data in producer.inputs[1:3] if along_rows or block else ():
         held_rows = data is not None and data.const_value is not None and data.const_value.shape
         if held_rows and (
-            tuple(held_rows) == tuple(quantized.shape)[:1]
-            or (blocked and len(held_rows) == len(quantized.shape) and held_rows[0] == quantized.shape[0])
+            (not block and tuple(held_rows) == tuple(quantized.shape)[:1])
+            or (block and len(held_rows) == len(quantized.shape) and held_rows[0] == -(-quantized.shape[0] // step))
         ):
-            found.append((data.name or "", data.const_value))
+            found.append((data.name or "", data.const_value, step))
     return found
+
+
+def _block_rows(node: ir.Node, table_index: int) -> int:
+    """How many rows of the table lookup ``node`` reads a row of its input ``table_index`` stands for: a
+    ``GatherBlockQuantized``'s scales and zero points blocked along the rows it gathers (``quantize_axis`` 0, int4
+    data) one a ``block_size`` of them; 1 elsewhere (``_rewritten_rows``)."""
+    data = node.inputs[0] if node.inputs else None
+    if node.op_type != "GatherBlockQuantized" or table_index < 2 or data is None:
+        return 1
+    shape = data.const_value.shape if data.const_value is not None else data.shape
+    axis = node.attributes.get_int("quantize_axis", 1)
+    if axis != 0 and (shape is None or axis != -len(shape)):
+        return 1
+    return max(node.attributes.get_int("block_size", 128), 1)
 
 
 # The attributes of a ``Constant`` that hold a table (``_tables_held``), with the dtype of a list's values.

@@ -35,10 +35,6 @@ _NAMED: dict[str, str] = {
     "test_a_branch_on_two_lengths_at_once_a_rewrite_wrote_is_rolled_back": (
         "Each such length is drawn at the first set's other sizes: a rewrite's branch on two lengths at once"
     ),
-    "test_block_scales_swapped_in_a_table_blocked_along_its_rows_are_rolled_back": (
-        "A table quantized in blocks along its rows (`block_size` on axis 0) has its scales not read so, and a swap of "
-        "two blocks' scales is verified"
-    ),
 }
 
 

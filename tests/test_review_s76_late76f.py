@@ -10,7 +10,7 @@
 - the note naming lengths "not verified" was given for a rewrite rolled back anyway;
 - tables behind a ``DequantizeLinear`` blocked along their width (the scales' rows the table's), in a ``Constant``'s
   ``value_floats``, or read by ``GatherBlockQuantized`` (what ``--quantize int4`` writes): a swap of two rows verified.
-Still verified (a strict xfail, named in README): a table blocked along its rows (``block_size`` on axis 0).
+A table blocked along its rows (``block_size`` on axis 0), a strict xfail here, is read since review s76 late76h.
 """
 
 from __future__ import annotations
@@ -237,9 +237,6 @@ def test_rows_swapped_in_a_blocked_listed_or_int4_table_are_rolled_back(tmp_path
     assert "input_ids reading rows 101, 102 of" in record.detail
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a table blocked along its rows: a scale's row is block_size rows, not read (README)"
-)
 def test_block_scales_swapped_in_a_table_blocked_along_its_rows_are_rolled_back(tmp_path):
     path = tmp_path / "table.onnx"
     _quantized_lookup(path, "row blocks")
