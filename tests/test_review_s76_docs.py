@@ -43,10 +43,10 @@ def readme() -> str:
     return " ".join((_ROOT / "README.md").read_text().split())
 
 
-def test_every_strict_xfail_of_session_75_has_its_words_here():
+def test_every_strict_xfail_of_session_76_has_its_words_here():
     assert strict_xfails("test_review_s76_*.py") == set(_NAMED)
 
 
 @pytest.mark.parametrize("test", sorted(_NAMED))
-def test_every_strict_xfail_of_session_75_is_named_in_the_readme(readme, test):
+def test_every_strict_xfail_of_session_76_is_named_in_the_readme(readme, test):
     assert _NAMED[test] in readme, test
