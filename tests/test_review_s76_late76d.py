@@ -99,11 +99,11 @@ def test_a_gqa_rotary_cache_wrong_past_the_generated_positions_is_rolled_back(ge
     assert sum("position 1023" in note for note in record.notes[0].split("; ")) == 1, record.notes
 
 
-def _rotary_decoder_counting_positions(path) -> None:
-    """A one-layer decoder's key: ``input_ids`` embedded, rotated by a fused ``RotaryEmbedding`` at the position
-    offset ``Shape(attention_mask)[1] - Shape(input_ids)[1]`` (as ``fuse-rotary-embedding`` writes it for a decoder
-    exported without ``position_ids``, positions counted on from the past by the mask's length) over caches of 1,024
-    positions, and joined to the past."""
+def counting_decoder(path, onnx_op: bool = False) -> None:
+    """A one-layer decoder's key: ``input_ids`` embedded, rotated over caches of 1,024 positions at positions the graph
+    counts from the mask's length (a decoder exported without ``position_ids``), and joined to the past. By a fused
+    ``RotaryEmbedding`` at the offset ``Shape(attention_mask)[1] - Shape(input_ids)[1]``, as ``fuse-rotary-embedding``
+    writes it; or, ``onnx_op``, by ONNX's own (opset 23) at ``Range(total - sequence, total)`` expanded to the ids."""
     half = 4
     ids = ir.Value(name="input_ids", shape=ir.Shape(["batch", "sequence"]), type=ir.TensorType(ir.DataType.INT64))
     mask = ir.Value(
@@ -114,18 +114,31 @@ def _rotary_decoder_counting_positions(path) -> None:
         shape=ir.Shape(["batch", 1, "past_sequence", 2 * half]),
         type=ir.TensorType(ir.DataType.FLOAT),
     )
-    graph = ir.Graph([ids, mask, past], [], nodes=[], opset_imports={"": 17, MS_DOMAIN: 1}, name="counting_decoder")
+    opsets = {"": 23} if onnx_op else {"": 17, MS_DOMAIN: 1}
+    graph = ir.Graph([ids, mask, past], [], nodes=[], opset_imports=opsets, name="counting_decoder")
     rng = np.random.default_rng(0)
     words = add_initializer(graph, "embed_tokens.weight", rng.standard_normal((64, 2 * half)).astype(np.float32))
     angles = np.arange(_POSITIONS)[:, None] * 10000.0 ** (-np.arange(half) / half)[None, :]
     cos = add_initializer(graph, "rotary_cos_cache", np.cos(angles).astype(np.float32))
     sin = add_initializer(graph, "rotary_sin_cache", np.sin(angles).astype(np.float32))
-    nodes = [ir.node("Gather", [words, ids])]
-    nodes.append(ir.node("Shape", [mask], {"start": 1, "end": 2}))
-    nodes.append(ir.node("Shape", [ids], {"start": 1, "end": 2}))
-    nodes.append(ir.node("Sub", [nodes[1].outputs[0], nodes[2].outputs[0]]))
-    rotated = ir.node("RotaryEmbedding", [nodes[0].outputs[0], nodes[3].outputs[0], cos, sin], {"num_heads": 1})
-    rotated.domain = MS_DOMAIN
+    total, sequence = ir.node("Shape", [mask], {"start": 1, "end": 2}), ir.node("Shape", [ids], {"start": 1, "end": 2})
+    offset = ir.node("Sub", [total.outputs[0], sequence.outputs[0]])
+    embedded = ir.node("Gather", [words, ids])
+    nodes = [embedded, total, sequence, offset]
+    if onnx_op:
+        first, step = (
+            add_initializer(graph, "first", np.array([0], np.int64)),
+            add_initializer(graph, "step", np.int64(1)),
+        )
+        start, end = (ir.node("Squeeze", [node.outputs[0], first]) for node in (offset, total))
+        counted = ir.node("Range", [start.outputs[0], end.outputs[0], step])
+        ids_shape = ir.node("Shape", [ids])
+        positions = ir.node("Expand", [counted.outputs[0], ids_shape.outputs[0]])
+        nodes += [start, end, counted, ids_shape, positions]
+        rotated = ir.node("RotaryEmbedding", [embedded.outputs[0], cos, sin, positions.outputs[0]], {"num_heads": 1})
+    else:
+        rotated = ir.node("RotaryEmbedding", [embedded.outputs[0], offset.outputs[0], cos, sin], {"num_heads": 1})
+        rotated.domain = MS_DOMAIN
     nodes.append(rotated)
     nodes.append(ir.node("Unsqueeze", [rotated.outputs[0], add_initializer(graph, "head", np.array([1], np.int64))]))
     nodes.append(ir.node("Concat", [past, nodes[-1].outputs[0]], {"axis": 2}))
@@ -134,15 +147,17 @@ def _rotary_decoder_counting_positions(path) -> None:
     out.name, out.dtype = "present.0.key", ir.DataType.FLOAT
     out.shape = ir.Shape(["batch", 1, "total_sequence", 2 * half])
     graph.outputs.append(out)
-    ir.save(ir.Model(graph, ir_version=8), path)
+    ir.save(ir.Model(graph, ir_version=10 if onnx_op else 8), path)
 
 
 class _LastCountedRotaryRow(_Mutant):
     """The fused ``RotaryEmbedding``'s cos/sin caches' last row (position 1,023) read one row late."""
 
+    caches = (2, 3)  # the fused op's cos and sin inputs; ONNX's own are 1 and 2
+
     def mutate(self, model):
         node = next(node for node in model.graph if node.op_type == "RotaryEmbedding")
-        for index in (2, 3):
+        for index in self.caches:
             value = node.inputs[index]
             table = constant_array(value).copy()
             table[-1] = table[-2]
@@ -151,7 +166,7 @@ class _LastCountedRotaryRow(_Mutant):
 
 def test_a_rotary_cache_read_at_positions_the_mask_counts_is_read_to_its_last_row(tmp_path):
     path = tmp_path / "counting_decoder.onnx"
-    _rotary_decoder_counting_positions(path)
+    counting_decoder(path)
     record = _last_pass(path, _LastCountedRotaryRow, tmp_path)
     # Measured before the fix: applied (its positions are no input's ids).
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)

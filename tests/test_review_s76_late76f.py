@@ -23,7 +23,14 @@ from optimizer.domains import MS_DOMAIN
 from optimizer.report import STATUS_ROLLED_BACK
 from passes._utils import add_initializer, constant_array
 from tests.helpers import FIXTURES
-from tests.test_review_s76_late76d import _last_pass, _Mutant, _scaled, _ScaledAt1500
+from tests.test_review_s76_late76d import (
+    _last_pass,
+    _LastCountedRotaryRow,
+    _Mutant,
+    _scaled,
+    _ScaledAt1500,
+    counting_decoder,
+)
 
 # --- rotary caches read at positions the graph counts --------------------------------------------------------------
 
@@ -92,60 +99,15 @@ def test_the_last_changed_cache_row_within_max_sequence_is_drawn(genai_8192_rows
     assert not any("not verified" in note for note in record.notes), record.notes  # rolled back: no such word
 
 
-def _onnx_rotary_counting_positions(path) -> None:
-    """A one-layer decoder's key: ``input_ids`` embedded, rotated by ONNX's own ``RotaryEmbedding`` (opset 23) at
-    positions ``Range(total - sequence, total)`` counted from the mask's length (no ``position_ids`` input) over caches
-    of 1,024 positions, and joined to the past."""
-    half, positions = 4, 1024
-    ids = ir.Value(name="input_ids", shape=ir.Shape(["batch", "sequence"]), type=ir.TensorType(ir.DataType.INT64))
-    mask = ir.Value(
-        name="attention_mask", shape=ir.Shape(["batch", "total_sequence"]), type=ir.TensorType(ir.DataType.INT64)
-    )
-    past = ir.Value(
-        name="past_key_values.0.key",
-        shape=ir.Shape(["batch", 1, "past_sequence", 2 * half]),
-        type=ir.TensorType(ir.DataType.FLOAT),
-    )
-    graph = ir.Graph([ids, mask, past], [], nodes=[], opset_imports={"": 23}, name="onnx_counting_decoder")
-    words = add_initializer(graph, "embed_tokens", np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32))
-    angles = np.arange(positions)[:, None] * 10000.0 ** (-np.arange(half) / half)[None, :]
-    cos = add_initializer(graph, "rotary_cos_cache", np.cos(angles).astype(np.float32))
-    sin = add_initializer(graph, "rotary_sin_cache", np.sin(angles).astype(np.float32))
-    first, step = add_initializer(graph, "first", np.array([0], np.int64)), add_initializer(graph, "step", np.int64(1))
-    total, sequence = ir.node("Shape", [mask], {"start": 1, "end": 2}), ir.node("Shape", [ids], {"start": 1, "end": 2})
-    past_length = ir.node("Sub", [total.outputs[0], sequence.outputs[0]])
-    start, end = (ir.node("Squeeze", [node.outputs[0], first]) for node in (past_length, total))
-    counted = ir.node("Range", [start.outputs[0], end.outputs[0], step])
-    ids_shape = ir.node("Shape", [ids])
-    nodes = [total, sequence, past_length, start, end, counted, ids_shape]
-    nodes.append(ir.node("Expand", [counted.outputs[0], ids_shape.outputs[0]]))
-    nodes.append(ir.node("Gather", [words, ids]))
-    nodes.append(ir.node("RotaryEmbedding", [nodes[-1].outputs[0], cos, sin, nodes[-2].outputs[0]], {"num_heads": 1}))
-    nodes.append(ir.node("Unsqueeze", [nodes[-1].outputs[0], add_initializer(graph, "head", np.array([1], np.int64))]))
-    nodes.append(ir.node("Concat", [past, nodes[-1].outputs[0]], {"axis": 2}))
-    graph.extend(nodes)
-    out = nodes[-1].outputs[0]
-    out.name, out.dtype = "present.0.key", ir.DataType.FLOAT
-    out.shape = ir.Shape(["batch", 1, "total_sequence", 2 * half])
-    graph.outputs.append(out)
-    ir.save(ir.Model(graph, ir_version=10), path)
-
-
-class _LastOnnxRotaryRow(_Mutant):
+class _LastOnnxRotaryRow(_LastCountedRotaryRow):
     """ONNX's ``RotaryEmbedding``'s cos/sin caches' last row (position 1,023) read one row late."""
 
-    def mutate(self, model):
-        node = next(node for node in model.graph if node.op_type == "RotaryEmbedding")
-        for index in (1, 2):
-            value = node.inputs[index]
-            table = constant_array(value).copy()
-            table[-1] = table[-2]
-            value.const_value = ir.tensor(table, name=value.name)
+    caches = (1, 2)
 
 
 def test_an_onnx_rotary_cache_read_at_positions_the_mask_counts_is_read_to_its_last_row(tmp_path):
     path = tmp_path / "onnx_counting_decoder.onnx"
-    _onnx_rotary_counting_positions(path)
+    counting_decoder(path, onnx_op=True)
     record = _last_pass(path, _LastOnnxRotaryRow, tmp_path)
     # Measured before the fix: applied (ONNX's op left to ``_rewritten_rows``, which reads an input's ids alone).
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)
