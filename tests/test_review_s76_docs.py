@@ -22,9 +22,10 @@ _NAMED: dict[str, str] = {
         "there a max-pooled model still hides a swap of rows read in one sample"
     ),
     "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
-    "test_an_encoder_rotary_cache_wrong_past_the_generated_lengths_is_rolled_back": (
-        "an encoder's rotary cache read at positions the graph counts (`Range(0, sequence)`) gets no set, and a "
-        "rewrite wrong only in its rows past the generated lengths is verified"
+    "test_a_legacy_roformers_sinusoidal_table_is_read_to_its_last_row": (
+        "The legacy exporter's RoFormer reads its sinusoidal table's length off the embeddings' output, "
+        "`Shape(LayerNorm(words + token types))[1]`, which is not followed: its table gets no set at its end, so a "
+        "rewrite wrong only in its last row is verified"
     ),
     "test_rows_swapped_in_a_bag_max_pooled_across_the_batch_are_rolled_back": (
         "rows each in a sample of one set are still read together by a model that pools across its batch too"

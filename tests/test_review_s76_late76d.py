@@ -12,8 +12,8 @@ The rows a pass changed in a table that a graph input's ids read get a set that 
   unsaid: the rewrite's branch there verified with no word in the report (now a note names the length);
 - an embedding table held in a ``Constant`` node, or quantized behind a ``DequantizeLinear`` (an int8 embedding), was
   no table: a swap of its [CLS] and [SEP] rows was verified.
-Still verified (a strict xfail, named in README): an encoder's rotary cache read at positions the graph counts
-(``Range(0, sequence)``), wrong only in rows past the generated lengths.
+An encoder's rotary cache read at positions the graph counts (``Range(0, sequence)``), wrong only in rows past the
+generated lengths, was still verified here (a strict xfail) until review s76 xfix4 (``test_review_s76_xfix4.py``).
 """
 
 from __future__ import annotations
@@ -236,9 +236,6 @@ def _rotary_over_counted_positions(path) -> None:
     ir.save(ir.Model(graph, ir_version=8), path)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="an encoder's rotary positions counted in the graph: no set is drawn at a cache row (README)"
-)
 def test_an_encoder_rotary_cache_wrong_past_the_generated_lengths_is_rolled_back(tmp_path):
     path = tmp_path / "counted_rotary.onnx"
     _rotary_over_counted_positions(path)
