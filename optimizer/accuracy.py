@@ -734,12 +734,15 @@ def samples_first(outputs: Mapping[str, Any], axes: Mapping[str, int | None]) ->
     return moved
 
 
-# An output the original computes as mostly one of its inputs of the same shape (a residual ``y = x + d``: a
+# An output the original computes as mostly one of its inputs of as many values (a residual ``y = x + d``: a
 # watermark encoder's frame plus its mark, a denoiser, a transformer layer exported alone), its distance from that
 # input within this fraction of its norm on every run, is scored less that input too: RivaGAN's encoder output read
 # cosine 0.99996 after int8 while its watermark, 1 % of it, read 0.965 (worst 0.891), and a rewrite that dropped the
-# mark (output = input) would have met --min-cosine 0.99 (review s76 resid).
-_MOSTLY_INPUT = 0.1
+# mark (output = input) would have met --min-cosine 0.99 (review s76 resid). Half: dropping a part of p of the
+# output (at right angles) leaves its cosine at sqrt(1 - p**2), 0.995 at 10 %, 0.954 at 30 %, 0.87 at 50 %, so a
+# larger part's loss is below the default floor of 0.9 in the output's own score; at 10 % a rewrite that dropped a
+# quarter of the output met --min-cosine 0.95 (review s76 late76j).
+_MOSTLY_INPUT = 0.5
 # An output no further from its input than float32 rounding of it (an Identity, a Cast back and forth) adds nothing
 # to score: an fp16 rewrite's rounding of an output that is its input would read a cosine of 0.
 _ADDED_FLOOR = 1e-6
@@ -749,11 +752,14 @@ def with_residuals(
     inputs: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``before`` and ``after`` (two models' outputs, run on ``inputs``) with, beside each float output that the
-    original's run ``before`` puts within ``_MOSTLY_INPUT`` of its norm of a float input of the same shape (the
-    nearest, where several are) and further than ``_ADDED_FLOOR`` of it, that output less the input in both
-    (``residual_key``): the part the model adds, which ``paired_drift`` scores on its own where every run has it.
+    original's run ``before`` puts within ``_MOSTLY_INPUT`` of its norm of a float input of as many values, read in
+    the output's shape (the same shape, or a ``Reshape``/``Flatten`` of it: ``y [batch, 48]`` from ``x [batch, 3,
+    16]``, review s76 late76j; the nearest, where several are) and further than ``_ADDED_FLOOR`` of it, that output
+    less the input in both (``residual_key``): the part the model adds, which ``paired_drift`` scores on its own where
+    every run has it.
     Found from the values, not from how the graph spells the sum (``Add(x, d)``, ``Add(d, x)``, ``Sub``, a ``Mul`` by
-    ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed) add 0."""
+    ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed), or where
+    the original's is the input's, add 0."""
     floats = {
         name: np.asarray(value, np.float64)
         for name, value in inputs.items()
@@ -777,16 +783,21 @@ def with_residuals(
         with np.errstate(invalid="ignore", over="ignore"):
             norm = float(np.linalg.norm(e))
             distances = {
-                source: float(np.linalg.norm(e - x)) for source, x in floats.items() if x.shape == expected.shape
+                source: float(np.linalg.norm(e - x.reshape(e.shape)))
+                for source, x in floats.items()
+                if x.size == expected.size
             }
         near = {source: d for source, d in distances.items() if math.isfinite(d) and d <= _MOSTLY_INPUT * norm}
         if not near or not math.isfinite(norm):
             continue
         source = min(near, key=near.__getitem__)
+        x, a = floats[source].reshape(e.shape), np.asarray(actual, np.float64)
+        # Where the original adds nothing (its value is the input's: a gate of 0, a sample left as it is) there is no
+        # part to score, the output's own score holds it: against a rewrite's rounding it read a cosine of 0, and an
+        # fp16-like rewrite rolled back (review s76 late76j).
+        zeroed = ((e == 0) & (a == 0)) | (e == x)
         if near[source] <= _ADDED_FLOOR * norm:
             continue
-        x, a = floats[source], np.asarray(actual, np.float64)
-        zeroed = (e == 0) & (a == 0)
         key = residual_key(name, source)
         added_before[key] = np.where(zeroed, 0.0, e - x)
         added_after[key] = np.where(zeroed, 0.0, a - x)

@@ -13,6 +13,12 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 76, and the README words that name its limit.
 _NAMED: dict[str, str] = {
+    "test_a_part_added_to_the_input_scaled_is_scored_on_its_own": (
+        "An output that is its input scaled plus a part (`0.95 x + d`, an alpha blend) is scored less `x`"
+    ),
+    "test_a_batch_the_original_adds_nothing_to_leaves_the_part_scored_on_the_others": (
+        "A batch to which the original adds nothing leaves the added part unscored on every batch"
+    ),
     "test_a_sliding_window_longer_than_every_generated_length_is_rolled_back": (
         "a decoder's generated sets hold 512 positions at most (a past of 255 and 257 new tokens), so a rewrite wrong "
         "only over a longer context, a `GroupQueryAttention` given a sliding window of 1,024 tokens that the model "
