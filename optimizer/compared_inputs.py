@@ -1397,28 +1397,120 @@ def _lengths_between(
     """The lengths (of those the comparisons of one dim, ``compared``, tell apart: ``(lengths, side)``) that go a way
     across all of them together that no ``held`` nor ``kept`` length goes, the shortest of each way: each comparison
     held apart, ``2 <= L < 4`` beside 1 and 128 (each side of each threshold held) was never drawn at 2 or 3. Looked
-    for at the lengths each comparison tells apart, and up to a divisor past them where one compares a remainder."""
+    for at the lengths each comparison tells apart, and up to a divisor past them where one compares a remainder.
+    Each comparison is read at every length at once (``_side_classes``: a comparison with thresholds or of a remainder
+    in numpy, another one length at a time); read one length and comparison at a time, 3,000 thresholds on one length
+    took 56 s a call until review s76 lcost."""
     if len(compared) < 2:
         return []
-
-    def way(length: int) -> tuple[Any, ...]:
-        return tuple(side(length) for _, side in compared)
-
-    gone = {way(n) for n in (*held, *kept)}
-    between = []
     # A remainder's ways come up within a divisor of each threshold's lengths: ``L >= 201`` and ``L % 8 == 0`` go
     # together first at 208, which neither tells apart (a rewrite that branched there verified until review s76
     # late76e).
     divisors = [side.args[0] for _, side in compared if getattr(side, "func", None) is _length_remainder_side]
-    told = {n for lengths, _ in compared for n in lengths}
-    told.update(
-        n + step for n in list(told) for divisor in divisors for step in range(min(divisor, _LONGEST_COMPARED_LENGTH))
-    )
-    for length in sorted(n for n in told if 1 <= n <= _LONGEST_COMPARED_LENGTH):
-        if (went := way(length)) not in gone:
+    told = _told_lengths({n for lengths, _ in compared for n in lengths}, divisors)
+    others = [*held, *kept]
+    lengths = [*others, *told]
+    if all(isinstance(n, (int, np.integer)) and abs(n) <= 2**53 for n in lengths):
+        array = np.asarray(lengths, np.int64).reshape(-1)
+        columns = [_side_classes(side, array) for _, side in compared]
+    else:
+        columns = [_classes_of([side(n) for n in lengths]) for _, side in compared]
+    ways = _joined_classes(columns, len(lengths))
+    gone = set(ways[: len(others)].tolist())
+    between = []
+    for length, went in zip(told, ways[len(others) :].tolist(), strict=True):
+        if went not in gone:
             gone.add(went)
             between.append(length)
     return between
+
+
+def _told_lengths(told: set[Any], divisors: Sequence[int]) -> list[Any]:
+    """The lengths of ``told`` and up to a divisor of ``divisors`` past each (``_lengths_between``), from 1 to
+    ``_LONGEST_COMPARED_LENGTH``, sorted; marked in numpy where all are whole numbers (each length's steps were one
+    set's elements, a divisor of 4,096 beside 3,000 thresholds 24 million)."""
+    steps = sorted({min(divisor, _LONGEST_COMPARED_LENGTH) for divisor in divisors} - {0})
+    if not all(type(n) is int for n in told) or any(not isinstance(step, int) or step < 0 for step in steps):
+        told = set(told)
+        told.update(
+            n + step
+            for n in list(told)
+            for divisor in divisors
+            for step in range(min(divisor, _LONGEST_COMPARED_LENGTH))
+        )
+        return sorted(n for n in told if 1 <= n <= _LONGEST_COMPARED_LENGTH)
+    # Clipped past twice the longest: a length there reaches no length from 1 to the longest, nor does one clipped.
+    starts = np.clip(np.asarray(sorted(told), np.int64), -2 * _LONGEST_COMPARED_LENGTH, 2 * _LONGEST_COMPARED_LENGTH)
+    marked = np.zeros(_LONGEST_COMPARED_LENGTH + 2, np.int64)  # the lengths each start to its step covers, as changes
+    for step in steps or [1]:
+        low = np.maximum(starts, 1)
+        high = np.minimum(starts + step - 1, _LONGEST_COMPARED_LENGTH)
+        inside = low <= high
+        np.add.at(marked, low[inside], 1)
+        np.add.at(marked, high[inside] + 1, -1)
+    return np.flatnonzero(np.cumsum(marked)[: _LONGEST_COMPARED_LENGTH + 1] > 0).tolist()
+
+
+def _side_classes(side: Callable[[int], Any], lengths: np.ndarray) -> np.ndarray:
+    """A number for each of ``lengths`` (whole numbers) that two share where ``side`` (``_lengths_compared``'s) sends
+    them the same way: a comparison with thresholds (``_length_side``) and one of a remainder
+    (``_length_remainder_side``) read in numpy at once, and an ``Equal`` with one length, where their numbers compare
+    in float64 as one length at a time does; any other one length at a time."""
+    func, args = getattr(side, "func", None), getattr(side, "args", ())
+    if getattr(side, "keywords", None):
+        func = None
+    if func is _length_side and len(args) == 3 and _float64_number(args[1]) and _float64_number(args[2]):
+        pairs = [(op, np.asarray(every)) for op, every in args[0]]
+        if all(op in _SIDES and every.ndim == 1 and _compared_in_float64(every) for op, every in pairs):
+            with np.errstate(all="ignore"):
+                values = args[1] * lengths.astype(np.float64) + args[2]
+            sides = [_SIDES[op](values[:, None], every[None, :]) for op, every in pairs]
+            return _row_classes(np.concatenate([np.zeros((lengths.size, 0), bool), *sides], axis=1))
+    if func is _length_remainder_side and len(args) == 2 and type(args[0]) is int and 0 < args[0] <= 2**62:
+        remainders, at = np.unique(lengths % args[0], return_inverse=True)
+        return _side_classes(args[1], remainders)[at.reshape(-1)]
+    if func is operator.eq and len(args) == 1 and type(args[0]) is int:
+        return (lengths == args[0]).astype(np.int64)
+    return _classes_of([side(n) for n in lengths.tolist()])
+
+
+def _float64_number(number: Any) -> bool:
+    """Whether ``number`` is a float64 number (a Python float, numpy's, or an array of one of no dims)."""
+    return isinstance(number, float) or (
+        isinstance(number, np.ndarray) and number.shape == () and number.dtype == np.float64
+    )
+
+
+def _compared_in_float64(every: np.ndarray) -> bool:
+    """Whether a float64 number compares with ``every`` in float64 (float64, integers or booleans)."""
+    return every.dtype == np.float64 or every.dtype.kind in "iub"
+
+
+def _joined_classes(columns: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """A number for each of ``size`` rows, the same for rows alike in every one of ``columns`` (each a number from 0
+    for each row)."""
+    joined = np.zeros(size, np.int64)
+    for column in columns:
+        count = int(column.max(initial=-1)) + 1
+        if (int(joined.max(initial=0)) + 1) * count >= 2**62:  # numbered again from 0 before the product overflows
+            joined = np.unique(joined, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        joined = joined * count + column
+    return joined
+
+
+def _row_classes(matrix: np.ndarray) -> np.ndarray:
+    """A number for each row of boolean ``matrix``, the same for rows alike."""
+    if not matrix.size:
+        return np.zeros(matrix.shape[0], np.int64)
+    if matrix.shape[1] == 1:
+        return matrix[:, 0].astype(np.int64)
+    return np.unique(np.packbits(matrix, axis=1), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
+def _classes_of(values: Sequence[Any]) -> np.ndarray:
+    """A number for each of ``values``, the same for values equal."""
+    numbers: dict[Any, int] = {}
+    return np.asarray([numbers.setdefault(value, len(numbers)) for value in values], np.int64).reshape(-1)
 
 
 def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None = None) -> dict[str, int]:
