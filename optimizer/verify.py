@@ -4867,44 +4867,72 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
     (review s76, the decoder mutation hunt). Each lookup's tables against its own, in order (where a lookup's table is
     one ``before`` held under another name, by name), in subgraphs too: a table two lookups share, read once and
     matched by name, left a copy one lookup was given (rows 101 and 102 swapped) never compared, and it was verified
-    until review s76 late76h."""
+    until review s76 late76h. A lookup in a ``Scan``'s body or a model-local function, by ids it is given, is read
+    by the ids given it, and a table ``candidate`` looks up under a name ``before`` has not, matched with none, against
+    the table of ``before`` of its shape and dtype it differs from least: a swap of two rows of a table in either was
+    verified until review s76 late76k."""
 
-    def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol, int]]]:
+    def tables(model: ir.Model) -> dict[str, list[tuple[str, ir.TensorProtocol, int, ir.TensorProtocol | None]]]:
         inputs = {id(value): value.name for value in model.graph.inputs}
-        found: dict[str, list[tuple[str, ir.TensorProtocol, int]]] = {}
-        for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        found: dict[str, list[tuple[str, ir.TensorProtocol, int, ir.TensorProtocol | None]]] = {}
+        for node, given in _nodes_given(model, model.graph, {}):
             for ids_index, table_index in _lookups(node):
                 if max(ids_index, table_index) >= len(node.inputs):
                     continue
                 tables, indices = _tables_held(node.inputs[table_index]), _ids_read(node.inputs[ids_index])
+                while indices is not None and id(indices) in given:  # a Scan body's or a function's input
+                    indices = _ids_read(given[id(indices)])
                 if not tables or indices is None or id(indices) not in inputs:
                     continue
                 blocks = _block_rows(node, table_index)
-                found.setdefault(indices.name, []).extend((name, table, step * blocks) for name, table, step in tables)
+                # The rows a block's scale stands for: the lookup's data (``GatherBlockQuantized``'s input 0, or what
+                # a ``DequantizeLinear`` dequantizes, held first).
+                rows = node.inputs[0].const_value if blocks > 1 and node.inputs[0] is not None else tables[0][1]
+                found.setdefault(indices.name, []).extend(
+                    (name, table, step * blocks, rows) for name, table, step in tables
+                )
         return found
 
     after = tables(candidate)
     changed = []
     for name, read in tables(before).items():
         rewritten_tables = after.get(name, [])
-        by_name, names = {table: rewritten for table, rewritten, _ in rewritten_tables}, {table for table, _, _ in read}
+        by_name = {table: rewritten for table, rewritten, _, _ in rewritten_tables}
+        names = {table for table, _, _, _ in read}
         compared: list[tuple[ir.TensorProtocol, ir.TensorProtocol]] = []
-        for index, (table, tensor, step) in enumerate(read):
+        matched: set[int] = set()
+        for index, (table, tensor, step, data) in enumerate(read):
             if len(rewritten_tables) == len(read) and rewritten_tables[index][0] not in names - {table}:
-                renamed, rewritten, _ = rewritten_tables[index]
+                renamed, rewritten, _, _ = rewritten_tables[index]
             elif table in by_name:
                 renamed, rewritten = table, by_name[table]
             else:
                 continue
+            matched.add(id(rewritten))
             # A pass replaces a weight, never writes it in place; a table lookups share is diffed once.
             if rewritten is tensor or any(a is tensor and b is rewritten for a, b in compared):
                 continue
             compared.append((tensor, rewritten))
             # A block's scale is read by the first row of its block: row 1 of scales blocked by 32 rows read at id 1,
-            # a row of block 0, and a swap of two blocks' scales was verified until review s76 late76h.
-            rows = [row * step for row in _changed_rows(tensor, rewritten)]
+            # a row of block 0, and a swap of two blocks' scales was verified until review s76 late76h. Its first row
+            # that is not one value throughout: a row of zeros (an unused token's) shows no scale, and a block scaled
+            # past its zeroed first row was verified until review s76 late76k.
+            rows = [_block_row(data, row * step, step) for row in _changed_rows(tensor, rewritten)]
             if rows:
                 changed.append((name, renamed or table, rows))
+        # A table of a lookup the rewrite added, under a name of its own (a copy of the table for one of its users,
+        # rows 101 and 102 swapped): matched with none, it was never compared, and it was verified until review s76
+        # late76k. Against the table of ``before`` it differs from least in rows, of its shape and dtype.
+        for renamed, rewritten, step, data in rewritten_tables:
+            if id(rewritten) in matched or any(rewritten is tensor for _, tensor, _, _ in read):
+                continue
+            alike = [
+                _changed_rows(tensor, rewritten)
+                for _, tensor, _, _ in read
+                if tuple(tensor.shape) == tuple(rewritten.shape) and tensor.dtype == rewritten.dtype
+            ]
+            if alike and (rows := min(alike, key=len)):
+                changed.append((name, renamed, [_block_row(data, row * step, step) for row in rows]))
     return changed
 
 
@@ -4961,6 +4989,47 @@ def _block_rows(node: ir.Node, table_index: int) -> int:
     if axis != 0 and (shape is None or axis != -len(shape)):
         return 1
     return max(node.attributes.get_int("block_size", 128), 1)
+
+
+def _nodes_given(
+    model: ir.Model, graph: ir.Graph | ir.Function, given: dict[int, ir.Value], depth: int = 0
+) -> Iterator[tuple[ir.Node, dict[int, ir.Value]]]:
+    """Each node of ``graph``, its subgraphs and the model-local functions it calls, with what each input of the
+    ``Scan`` body or function it is in stands for (``id`` of the input to the value given it, from the graph
+    ``graph`` is in too: ``given``; ``_rewritten_rows``). A ``Scan``'s body reads slices of its inputs, in order
+    (its states, then its scanned inputs); a ``Loop``'s and an ``If``'s read outer values by name alone. Calls
+    nested past ``_CALLS_FOLLOWED`` are not followed (a function that calls itself)."""
+    for node in graph:
+        yield node, given
+        for attribute in node.attributes.values():
+            if attribute.is_ref() or attribute.type not in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS):
+                continue
+            for body in attribute.as_graphs() if attribute.type == ir.AttributeType.GRAPHS else [attribute.as_graph()]:
+                inner = dict(given)
+                # Opset 8's Scan takes its sequence lengths first, which its body is not given: not matched.
+                if node.op_type == "Scan" and is_onnx_domain(node) and len(body.inputs) == len(node.inputs):
+                    slices = zip(body.inputs, node.inputs)
+                    inner.update((id(slot), value) for slot, value in slices if value is not None)
+                yield from _nodes_given(model, body, inner, depth)
+        function = model.functions.get(node.op_identifier())
+        if function is not None and depth < _CALLS_FOLLOWED:
+            inner = {id(slot): value for slot, value in zip(function.inputs, node.inputs) if value is not None}
+            yield from _nodes_given(model, function, {**given, **inner}, depth + 1)
+
+
+# How deep ``_nodes_given`` follows calls of model-local functions.
+_CALLS_FOLLOWED = 8
+
+
+def _block_row(data: ir.TensorProtocol | None, first: int, step: int) -> int:
+    """The row of ``data`` that reads the block of ``step`` rows from ``first`` (``_rewritten_rows``): the first not one
+    value throughout, where one is; ``first`` for a row's own (``step`` 1), a block of such rows alone, or data no
+    constant holds."""
+    if step <= 1 or data is None:
+        return first
+    rows = data.numpy()[first : first + step].reshape(min(step, max(data.shape[0] - first, 0)), -1)
+    varied = np.flatnonzero((rows != rows[:, :1]).any(axis=1)) if rows.size else []
+    return first + int(varied[0]) if len(varied) else first
 
 
 # The attributes of a ``Constant`` that hold a table (``_tables_held``), with the dtype of a list's values.
