@@ -779,11 +779,15 @@ def with_residuals(
             or actual.shape != expected.shape
         ):
             continue
-        e = np.asarray(expected, np.float64)
+        e, a = np.asarray(expected, np.float64), np.asarray(actual, np.float64)
+        # Positions both runs return as exactly 0 (padding ``unpadded`` zeroed) add 0 and measure no distance: counted,
+        # a padded batch's input there put the output past ``_MOSTLY_INPUT`` of it, and since a part some run lacks
+        # is not scored, one padded sample left a rewrite dropping the added part unscored (review s76 regress2).
+        padded = (e == 0) & (a == 0)
         with np.errstate(invalid="ignore", over="ignore"):
             norm = float(np.linalg.norm(e))
             distances = {
-                source: float(np.linalg.norm(e - x.reshape(e.shape)))
+                source: float(np.linalg.norm(np.where(padded, 0.0, e - x.reshape(e.shape))))
                 for source, x in floats.items()
                 if x.size == expected.size
             }
@@ -791,11 +795,11 @@ def with_residuals(
         if not near or not math.isfinite(norm):
             continue
         source = min(near, key=near.__getitem__)
-        x, a = floats[source].reshape(e.shape), np.asarray(actual, np.float64)
+        x = floats[source].reshape(e.shape)
         # Where the original adds nothing (its value is the input's: a gate of 0, a sample left as it is) there is no
         # part to score, the output's own score holds it: against a rewrite's rounding it read a cosine of 0, and an
         # fp16-like rewrite rolled back (review s76 late76j).
-        zeroed = ((e == 0) & (a == 0)) | (e == x)
+        zeroed = padded | (e == x)
         if near[source] <= _ADDED_FLOOR * norm:
             continue
         key = residual_key(name, source)
