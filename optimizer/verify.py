@@ -4879,9 +4879,14 @@ def _rewritten_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[str, st
             for ids_index, table_index in _lookups(node):
                 if max(ids_index, table_index) >= len(node.inputs):
                     continue
-                tables, indices = _tables_held(node.inputs[table_index]), _ids_read(node.inputs[ids_index])
-                while indices is not None and id(indices) in given:  # a Scan body's or a function's input
-                    indices = _ids_read(given[id(indices)])
+                table, indices = _given(node.inputs[table_index], given, whole=True), _ids_read(node.inputs[ids_index])
+                # A Scan body's, a Loop's or a function's input; each once (a function that calls itself with its
+                # own ids is given them, and this looped forever until review s76 late76l).
+                seen: set[int] = set()
+                while indices is not None and id(indices) in given and id(indices) not in seen:
+                    seen.add(id(indices))
+                    indices = _ids_read(given[id(indices)][0])
+                tables = _tables_held(table)
                 if not tables or indices is None or id(indices) not in inputs:
                     continue
                 blocks = _block_rows(node, table_index)
@@ -4992,12 +4997,14 @@ def _block_rows(node: ir.Node, table_index: int) -> int:
 
 
 def _nodes_given(
-    model: ir.Model, graph: ir.Graph | ir.Function, given: dict[int, ir.Value], depth: int = 0
-) -> Iterator[tuple[ir.Node, dict[int, ir.Value]]]:
+    model: ir.Model, graph: ir.Graph | ir.Function, given: dict[int, tuple[ir.Value, bool]], depth: int = 0
+) -> Iterator[tuple[ir.Node, dict[int, tuple[ir.Value, bool]]]]:
     """Each node of ``graph``, its subgraphs and the model-local functions it calls, with what each input of the
-    ``Scan`` body or function it is in stands for (``id`` of the input to the value given it, from the graph
-    ``graph`` is in too: ``given``; ``_rewritten_rows``). A ``Scan``'s body reads slices of its inputs, in order
-    (its states, then its scanned inputs); a ``Loop``'s and an ``If``'s read outer values by name alone. Calls
+    ``Scan`` body or function it is in stands for (``id`` of the input to the value given it and whether the input is
+    all of it, from the graph ``graph`` is in too: ``given``; ``_rewritten_rows``). A ``Scan``'s body reads its states,
+    then slices of its scanned inputs, in order; a ``Loop``'s its carried values (all of them, at its first
+    iteration: ids carried into a body's lookup were no graph input's, and a swap of two rows it reads verified
+    until review s76 late76l) and, as an ``If``'s do, outer values by name. Calls
     nested past ``_CALLS_FOLLOWED`` are not followed (a function that calls itself)."""
     for node in graph:
         yield node, given
@@ -5006,19 +5013,41 @@ def _nodes_given(
                 continue
             for body in attribute.as_graphs() if attribute.type == ir.AttributeType.GRAPHS else [attribute.as_graph()]:
                 inner = dict(given)
-                # Opset 8's Scan takes its sequence lengths first, which its body is not given: not matched.
-                if node.op_type == "Scan" and is_onnx_domain(node) and len(body.inputs) == len(node.inputs):
-                    slices = zip(body.inputs, node.inputs)
-                    inner.update((id(slot), value) for slot, value in slices if value is not None)
+                # Opset 8's Scan takes its sequence lengths first, which its body is not given: not matched. A
+                # ``Loop``'s carried values, from its third input, are those given at its first iteration.
+                if node.op_type in ("Scan", "Loop") and is_onnx_domain(node) and len(body.inputs) == len(node.inputs):
+                    states = len(node.inputs) - node.attributes.get_int("num_scan_inputs", 0)
+                    slices = enumerate(zip(body.inputs, node.inputs))
+                    first = 2 if node.op_type == "Loop" else 0
+                    inner.update(
+                        (id(slot), (value, node.op_type == "Loop" or at < states))
+                        for at, (slot, value) in slices
+                        if value is not None and at >= first
+                    )
                 yield from _nodes_given(model, body, inner, depth)
         function = model.functions.get(node.op_identifier())
         if function is not None and depth < _CALLS_FOLLOWED:
-            inner = {id(slot): value for slot, value in zip(function.inputs, node.inputs) if value is not None}
+            inner = {id(slot): (value, True) for slot, value in zip(function.inputs, node.inputs) if value is not None}
             yield from _nodes_given(model, function, {**given, **inner}, depth + 1)
 
 
 # How deep ``_nodes_given`` follows calls of model-local functions.
 _CALLS_FOLLOWED = 8
+
+
+def _given(value: ir.Value | None, given: dict[int, tuple[ir.Value, bool]], whole: bool) -> ir.Value | None:
+    """The value of the graph ``value`` is an input of a ``Scan``'s or a ``Loop``'s body or a function in, given it
+    (``_nodes_given``), or ``value``; with ``whole``, a ``Scan``'s scanned input (a slice of what it is given) is
+    ``value`` itself. A table a function is given as an input was no table, and a swap of two of its rows verified
+    until review s76 late76l."""
+    seen = set()
+    while value is not None and id(value) in given and id(value) not in seen:
+        seen.add(id(value))
+        outer, all_of_it = given[id(value)]
+        if whole and not all_of_it:
+            break
+        value = outer
+    return value
 
 
 def _block_row(data: ir.TensorProtocol | None, first: int, step: int) -> int:
