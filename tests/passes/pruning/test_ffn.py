@@ -58,17 +58,20 @@ def test_repair_recovers_most_of_what_pruning_loses():
 def test_the_budget_search_picks_the_largest_ratio_that_meets_it():
     model = ffn()
     calibration = feeds(model, 32, seed=1)
-    pruning = FfnPruningPass(0.9, samples=calibration, repair=False, budget=AccuracyBudget(min_cosine=0.998))
+    # The block's output is mostly its input x (a residual Add), so since review s76 late76j the budget also scores
+    # what the block adds, y - x (optimizer.accuracy.with_residuals): 0.998 on that admits no cut without repair,
+    # where 0.998 on y alone did; 0.99 on both still leaves the search a ratio between none and all.
+    pruning = FfnPruningPass(0.9, samples=calibration, repair=False, budget=AccuracyBudget(min_cosine=0.99))
     result = pruning(model.clone())
     after = result.model
     kept, total = pruning.pruned["down_proj"]
     assert 0 < total - kept < int(0.9 * total)
-    assert pruning.drift.cosine >= 0.998
+    assert pruning.drift.cosine >= 0.99
     assert any(
-        note.startswith("budget --min-cosine 0.998 on held-out samples") and "largest ratio" in note
+        note.startswith("budget --min-cosine 0.99 on held-out samples") and "largest ratio" in note
         for note in result.notes
     )
-    assert drift(model, after, calibration).cosine >= 0.998
+    assert drift(model, after, calibration).cosine >= 0.99
 
 
 def test_global_ranking_prunes_weak_layers_more():
