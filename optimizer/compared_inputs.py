@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from optimizer.domains import MS_DOMAIN, is_onnx_domain
+from optimizer.domains import MS_DOMAIN, ROTARY_INPUTS, is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
 from optimizer.inputs import (
     _INDEX_PRESERVING_OPS,
@@ -1763,9 +1763,6 @@ def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterat
 # Ops that pass positions on to a rotary's ``position_ids`` as they are (``_rotary_cache_rows``): casts, reshapes and
 # an ``Expand`` to the batch (an encoder's ``arange(S).unsqueeze(0).expand(B, S)``).
 _KEEPING_POSITIONS = frozenset({"Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Expand"})
-# The inputs of a ``RotaryEmbedding`` (by its domain: fused, or ONNX's own of opset 23) that hold its position ids,
-# then its cos and sin caches.
-_ROTARY_INPUTS = {MS_DOMAIN: (1, 2, 3), "": (3, 1, 2)}
 
 
 def _rotary_cache_rows(positions: ir.Value) -> int | None:
@@ -1784,7 +1781,7 @@ def _rotary_cache_rows(positions: ir.Value) -> int | None:
         seen.add(id(value))
         for node, index in value.uses():
             domain = "" if is_onnx_domain(node) else node.domain
-            if node.op_type == "RotaryEmbedding" and (read := _ROTARY_INPUTS.get(domain)) and index == read[0]:
+            if node.op_type == "RotaryEmbedding" and (read := ROTARY_INPUTS.get(domain)) and index == read[0]:
                 for cache in (node.inputs[at] for at in read[1:] if at < len(node.inputs)):
                     if cache is None:
                         continue

@@ -61,7 +61,7 @@ from optimizer.class_scores import (
     joined_before_layout,
     picked_ids,
 )
-from optimizer.domains import MS_DOMAIN, is_onnx_domain, onnx_opset
+from optimizer.domains import MS_DOMAIN, ROTARY_INPUTS, is_onnx_domain, onnx_opset
 from optimizer.draws import (  # noqa: F401 (NONDETERMINISTIC_OPS re-exported: its callers import it from here)
     FED_MARK,
     NONDETERMINISTIC_OPS,
@@ -5130,10 +5130,9 @@ def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:
         return ((1, 0),)
     if node.op_type == "EmbedLayerNormalization" and node.domain == MS_DOMAIN:
         return ((0, 2), (1, 4), (8, 3))
-    if node.op_type == "RotaryEmbedding" and node.domain == MS_DOMAIN:
-        return ((1, 2), (1, 3))
-    if node.op_type == "RotaryEmbedding" and is_onnx_domain(node):  # ONNX's (opset 23): x, cos, sin, position_ids
-        return ((3, 1), (3, 2))
+    if node.op_type == "RotaryEmbedding" and (read := ROTARY_INPUTS.get("" if is_onnx_domain(node) else node.domain)):
+        positions, *caches = read
+        return tuple((positions, cache) for cache in caches)
     if node.op_type == "GatherBlockQuantized" and node.domain == MS_DOMAIN:  # data, indices, scales, zero points
         return ((1, 0), (1, 2), (1, 3)) if node.attributes.get_int("gather_axis", 0) == 0 else ()
     return ()

@@ -36,6 +36,7 @@ from optimizer.compared_inputs import position_table_lengths
 from optimizer.protocol import PassSpec
 from optimizer.report import STATUS_ROLLED_BACK
 from passes._utils import add_initializer, constant_array
+from tests.test_review_s75_xfix4 import _LastRowWrong
 
 _HIDDEN = 4
 _VOCABULARY = 6
@@ -166,20 +167,6 @@ class _LastColumnWrong(ir.passes.InPlacePass):
         value = model.graph.initializers["position_embeddings.weight"]
         array = constant_array(value).copy()
         array[:, -1] = array[:, -2]
-        value.const_value = ir.tensor(array, name=value.name)
-        return ir.passes.PassResult(model, True)
-
-
-class _LastRowWrong(ir.passes.InPlacePass):
-    """The position table's last row read as the one before (a rewrite wrong only at the longest sequence)."""
-
-    def __init__(self, context) -> None:
-        super().__init__()
-
-    def call(self, model):
-        value = model.graph.initializers["position_embeddings.weight"]
-        array = constant_array(value).copy()
-        array[-1] = array[-2]
         value.const_value = ir.tensor(array, name=value.name)
         return ir.passes.PassResult(model, True)
 

@@ -24,6 +24,7 @@ from optimizer.compared_inputs import position_table_lengths
 from optimizer.protocol import PassSpec
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from passes._utils import add_initializer, constant_array
+from tests.test_review_s75_xfix4 import _LastRowWrong
 
 _HIDDEN = 4
 _ROWS = 200  # padding id 1: 198 tokens at most, past the 128 first drawn
@@ -91,20 +92,6 @@ def _encoder(path, spelling: str) -> None:
     out.name, out.dtype, out.shape = "last_hidden_state", ir.DataType.FLOAT, ir.Shape(["batch", "sequence", _HIDDEN])
     graph.outputs.append(out)
     ir.save(ir.Model(graph, ir_version=8), path)
-
-
-class _LastRowWrong(ir.passes.InPlacePass):
-    """The position table's last row read as the one before (a rewrite wrong only at the longest sequence)."""
-
-    def __init__(self, context) -> None:
-        super().__init__()
-
-    def call(self, model):
-        value = model.graph.initializers["position_embeddings.weight"]
-        array = constant_array(value).copy()
-        array[-1] = array[-2]
-        value.const_value = ir.tensor(array, name=value.name)
-        return ir.passes.PassResult(model, True)
 
 
 class _TableCopied(ir.passes.InPlacePass):
