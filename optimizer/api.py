@@ -108,7 +108,7 @@ from optimizer.report import PipelineReport
 from optimizer.runtime import strings_serializable
 from optimizer.samples import SampleData, fixed_batch_size, holds_samples, open_samples, samples_in, split_samples
 from optimizer.tokenizer_inputs import prefill_of_text
-from optimizer.verify import Verifier, constant_outputs, counted_position_rows, saturated_warning
+from optimizer.verify import Verifier, constant_outputs, counted_position_rows, rewritten_windows, saturated_warning
 
 # The API's own keywords, suggested when an unknown option is near one of them.
 _KEYWORDS = ("passes", "output", "inputs", "calibration", "options")
@@ -1359,6 +1359,15 @@ def _lengths_a_rewrite_compares(
         (name, row + 1, f"the new token at position {row}, a row of {table!r} the pass changed")
         for table, rows in counted_position_rows(before, candidate)
         for row in sorted({rows[0], rows[-1], *[row for row in rows if not max_positions or row < max_positions][-1:]})
+        for name in totals
+    ]
+    # A sliding window a rewrite gives a ``GroupQueryAttention`` (or takes from it): a decode step over a past of the
+    # window, whose query's keys are one more than the window (ONNX Runtime's CPU kernel keeps the last ``window``,
+    # checked on 1.32: equal to no window at ``window`` keys, not at one more); the generated sets end at 512
+    # positions, and a window of 1,024 the model does not have verified until review s77 xbag.
+    wanted += [
+        (name, window + 1, f"one key past the sliding window of {window} the rewrite changed")
+        for window in rewritten_windows(before, candidate)
         for name in totals
     ]
     wanted += own

@@ -34,6 +34,7 @@ import dataclasses
 import logging
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -2855,7 +2856,9 @@ class Verifier:
         different number of times where the set holds them so, so that a pooled sum of the rows tells a swap; where a
         set has a sample (along the ids' batch axis, ``_sample_axis``) for each, each fills the kept tokens of a
         sample of its own in a set added before that one, so that a max (or any pooling over a sample's tokens) tells a
-        swap too."""
+        swap too; and each row not read so in a set of one sample fills every kept token of a copy of the first set of
+        its own (``_reach_rows_alone``, ``_ROWS_READ_ALONE`` rows at most), so that more rows than any set has samples,
+        or a model that pools across its batch too, tell a swap as well."""
         if not self.input_sets:
             return ""
         first = self.input_sets[0]
@@ -2899,6 +2902,11 @@ class Verifier:
             kept = np.flatnonzero(~padding.reshape(-1)) if padding is not None else np.arange(ids.size)
             if not missing or (len(missing) > kept.size and read) or kept.size == 0:
                 continue
+            # A set of the first's sizes for each row, every kept token that row, unless a sample of one read it alone
+            # above: more rows than any set has samples shared one (three rows rotated in a max-pooled bag), and rows
+            # each in a sample of one set were pooled together by a model that pools across its batch too; a swap of
+            # them verified in both until review s77 xbag.
+            alone_rows = [] if alone is not None and len(alone[1]) == 1 else list(missing)
             if len(missing) > kept.size:
                 # More rows than the set holds ids, none of them read: as many as it holds, spread over them (300
                 # rows of 30,522 shifted by one, past the 128 ids a set held, were left to draws that missed them
@@ -2913,7 +2921,32 @@ class Verifier:
             reaching.reshape(-1)[kept[: len(written)]] = written.astype(ids.dtype)
             if note := self._reach_rows(0, name, table, missing, reaching):
                 notes.append(note)
+            if note := self._reach_rows_alone(name, table, alone_rows, kept):
+                notes.append(note)
         return "; ".join(notes)
+
+    def _reach_rows_alone(self, name: str, table: str, rows: list[int], kept: np.ndarray) -> str:
+        """Add a copy of the first input set for each of ``rows`` of ``table`` (``_ROWS_READ_ALONE`` at most, spread
+        over them), its ``name`` that row at every ``kept`` position; a note saying so and naming how many rows were
+        left out, or "" where none was added (``reach_rewritten_rows``)."""
+        chosen = rows
+        if len(rows) > _ROWS_READ_ALONE:
+            chosen = [rows[index] for index in np.linspace(0, len(rows) - 1, _ROWS_READ_ALONE).round().astype(int)]
+        added = []
+        for row in chosen:
+            reaching = np.array(self.input_sets[0][name], copy=True)
+            reaching.reshape(-1)[kept] = row
+            label = f"{self.labels[0]}, {name} reading row {row} of {table!r} alone, which the pass changed"
+            if self._add_reaching_set({**self.input_sets[0], name: reaching}, label):
+                added.append(row)
+        if not added:
+            return ""
+        shown = ", ".join(str(row) for row in added)
+        note = f"also checked on {self.labels[0]} with {name} reading each of rows {shown} of {table!r} alone"
+        note += ", a set each"
+        if left := len(rows) - len(chosen):
+            note += f"; {left} other changed rows were read alone in none ({_ROWS_READ_ALONE} sets at most)"
+        return note
 
     def _kept_samples(self, inputs: Mapping[str, np.ndarray], name: str, dtype: np.dtype) -> list[np.ndarray]:
         """The flat positions of ``inputs[name]`` (ids of ``dtype``, at least two axes) that its masks keep, one array
@@ -5116,6 +5149,28 @@ def counted_position_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[s
         if rows := _changed_rows(tensor, rewritten):
             changed.append((table, rows))
     return changed
+
+
+# The most changed rows of one table ``reach_rewritten_rows`` reads alone, a set each (``_reach_rows_alone``): every
+# such set is run again for each later pass.
+_ROWS_READ_ALONE = 4
+
+
+def rewritten_windows(before: ir.Model, candidate: ir.Model) -> list[int]:
+    """The sliding windows (``local_window_size``, -1 for none) that ``candidate``'s ``GroupQueryAttention`` nodes give
+    and ``before``'s do not, or the reverse, counted: a window is wrong only past its end, and a decoder's generated
+    sets end at 512 positions, so a rewrite that gave the attention a window of 1,024 the model does not have verified
+    until review s77 xbag (``api._lengths_a_rewrite_compares`` draws a decode step past each)."""
+
+    def windows(model: ir.Model) -> Counter[int]:
+        return Counter(
+            node.attributes.get_int("local_window_size", -1)
+            for node in ir.traversal.RecursiveGraphIterator(model.graph)
+            if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
+        )
+
+    read, rewritten = windows(before), windows(candidate)
+    return sorted(window for window in (read - rewritten) + (rewritten - read) if window >= 0)
 
 
 def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:

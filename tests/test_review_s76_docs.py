@@ -19,22 +19,11 @@ _NAMED: dict[str, str] = {
     "test_a_batch_the_original_adds_nothing_to_leaves_the_part_scored_on_the_others": (
         "A batch to which the original adds nothing leaves the added part unscored on every batch"
     ),
-    "test_a_sliding_window_longer_than_every_generated_length_is_rolled_back": (
-        "a decoder's generated sets hold 512 positions at most (a past of 255 and 257 new tokens), so a rewrite wrong "
-        "only over a longer context, a `GroupQueryAttention` given a sliding window of 1,024 tokens that the model "
-        "does not have, is verified"
-    ),
-    "test_more_changed_rows_than_samples_in_a_max_pooled_bag_are_rolled_back": (
-        "there a max-pooled model still hides a swap of rows read in one sample"
-    ),
     "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
     "test_a_legacy_roformers_sinusoidal_table_is_read_to_its_last_row": (
         "The legacy exporter's RoFormer reads its sinusoidal table's length off the embeddings' output, "
         "`Shape(LayerNorm(words + token types))[1]`, which is not followed: its table gets no set at its end, so a "
         "rewrite wrong only in its last row is verified"
-    ),
-    "test_rows_swapped_in_a_bag_max_pooled_across_the_batch_are_rolled_back": (
-        "rows each in a sample of one set are still read together by a model that pools across its batch too"
     ),
     "test_a_rewrite_wrong_only_between_the_originals_own_thresholds_is_rolled_back": (
         "the original's own comparisons are still drawn one at a time, their ways together left out"

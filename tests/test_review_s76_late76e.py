@@ -6,7 +6,7 @@ in a sample of its own and the lengths between two thresholds a rewrite compares
   embeddings verified (fixed: samples are along the ids' batch axis, ``Verifier._sample_axis``).
 - A sample of one row, every token alike, replaced the first set that read the rows beside drawn tokens: a model that
   centres its tokens' rows on their mean reads zero there whichever row it is, and a swap verified (fixed: the first
-  set reads them as before too). A model that pools across its batch too still hides a swap (a strict xfail).
+  set reads them as before too). A model that pools across its batch too hid a swap until review s77 xbag.
 - The lengths between two of the original's own thresholds (``between`` on ``before``, never drawn) were counted as
   held for a rewrite's new comparisons: a branch at 129 that a rewrite wrote inside the original's
   ``129 <= L < 200`` verified (fixed in ``api._lengths_a_rewrite_compares``); the ways were looked for at the lengths
@@ -73,9 +73,6 @@ def test_rows_swapped_in_a_sequence_major_max_pooled_bag_are_rolled_back(tmp_pat
     assert "second binding (sequence=257, batch=2), input_ids reading rows 101, 102" in record.detail
 
 
-@pytest.mark.xfail(
-    strict=True, reason="rows each in a sample of one set: a max over the batch too hides a swap of them (README)"
-)
 def test_rows_swapped_in_a_bag_max_pooled_across_the_batch_are_rolled_back(tmp_path):
     path = tmp_path / "across.onnx"
     _max_bag(path, ("batch", "sequence"), (0, 1))
