@@ -749,14 +749,23 @@ _ADDED_FLOOR = 1e-6
 
 
 def with_residuals(
-    inputs: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
+    inputs: Mapping[str, Any],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    *,
+    unchanged: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``before`` and ``after`` (two models' outputs, run on ``inputs``) with, beside each float output that the
     original's run ``before`` puts within ``_MOSTLY_INPUT`` of its norm of a float input of as many values, read in
     the output's shape (the same shape, or a ``Reshape``/``Flatten`` of it: ``y [batch, 48]`` from ``x [batch, 3,
-    16]``, review s76 late76j; the nearest, where several are) and further than ``_ADDED_FLOOR`` of it, that output
-    less the input in both (``residual_key``): the part the model adds, which ``paired_drift`` scores on its own where
-    every run has it.
+    16]``, review s76 late76j; the nearest, where several are), that output less the input at the scale the
+    original's run gives it (``a``, the least-squares scale of the input in the original's output; 1 for ``x + d``,
+    0.95 for an alpha blend ``0.95 x + d``) in both (``residual_key``): the part the model adds, which ``paired_drift``
+    scores on its own where every run has it, where further than ``_ADDED_FLOOR`` of the output from ``a x``.
+    Given ``unchanged``, a run on which the original adds nothing so (an output within ``_ADDED_FLOOR`` of its input
+    scaled: a batch of gates of 0) gives that part as zeros in both, which ``paired_drift`` scores on no sample but
+    counts as a run that has it: the part is scored on the other runs (left out, a batch to which the original added
+    nothing left it unscored on every batch, review s77 xres).
     Found from the values, not from how the graph spells the sum (``Add(x, d)``, ``Add(d, x)``, ``Sub``, a ``Mul`` by
     ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed), or where
     the original's is the input's, add 0."""
@@ -800,11 +809,24 @@ def with_residuals(
         # part to score, the output's own score holds it: against a rewrite's rounding it read a cosine of 0, and an
         # fp16-like rewrite rolled back (review s76 late76j).
         zeroed = padded | (e == x)
-        if near[source] <= _ADDED_FLOOR * norm:
-            continue
+        # The input at the scale the original gives it: less ``x`` alone, ``0.95 x + d`` left mostly ``-0.05 x``,
+        # which a rewrite dropping ``d`` keeps (it read 0.981 and met --min-cosine 0.98, review s77 xres). The same
+        # ``a`` is taken from the rewrite's output, so a rewrite that changes the blend is seen too.
+        with np.errstate(invalid="ignore", over="ignore"):
+            kept = np.where(zeroed, 0.0, x)
+            square = float(np.sum(kept * kept))
+            scale = float(np.sum(kept * e)) / square if square > 0 else 1.0
+            scaled = x * scale if math.isfinite(scale) else x
+            part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
         key = residual_key(name, source)
-        added_before[key] = np.where(zeroed, 0.0, e - x)
-        added_after[key] = np.where(zeroed, 0.0, a - x)
+        if not math.isfinite(part):
+            continue
+        if part <= _ADDED_FLOOR * norm:
+            if unchanged:  # nothing added on this run: a run that has the part, no sample of it scored
+                added_before[key], added_after[key] = np.zeros_like(e), np.zeros_like(e)
+            continue
+        added_before[key] = np.where(zeroed, 0.0, e - scaled)
+        added_after[key] = np.where(zeroed, 0.0, a - scaled)
     return added_before, added_after
 
 
@@ -843,7 +865,7 @@ def output_drift(
         pairs = (
             (samples_first(b, moved := axes.in_run(batch, b)), samples_first(a, moved))
             for batch, run in zip(batches, unpadded(model, batches, pairs))
-            for b, a in [with_residuals(batch, *run)]  # what an output adds to an input it mostly is, beside it
+            for b, a in [with_residuals(batch, *run, unchanged=True)]  # what an output adds to an input it mostly is
         )
         score_outputs, elsewhere = class_score_layout(model)
         ids = argmax_outputs(model)
@@ -888,7 +910,8 @@ def paired_drift(
 
     A float output whose part added to an input (``residual_key``, ``with_residuals``) every run gives beside it is
     scored as it is and that part as an output of its own (``residual_name``), the worse counting: ``Drift.scored_less``
-    names each, ``Drift.added`` the one of the worst score.
+    names each, ``Drift.added`` the one of the worst score. A sample whose part is zeros in both runs (the original adds
+    nothing there) is no sample of it.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -1022,6 +1045,15 @@ def paired_drift(
                     parts.append((part, *added))
                     residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1)
             for scored_name, e, a in parts:  # the whole output, then its small-scale fields
+                if scored_name in residuals:
+                    # A sample to which the original adds nothing (``with_residuals`` zeroed its part in both) is no
+                    # sample of the part: scored 1, nine of them hid a tenth whose part a rewrite dropped at the
+                    # default floor (review s77 xres). The output's own score holds it.
+                    if not (e.any() or a.any()):
+                        continue
+                    if e.ndim > 1 and e.size != len(e):
+                        rows = (e != 0).reshape(len(e), -1).any(axis=1) | (a != 0).reshape(len(a), -1).any(axis=1)
+                        e, a = e[rows], a[rows]
                 if e.ndim <= 1 or e.size == len(e):
                     sums = single.setdefault(scored_name, [0.0, 0.0])
                     sums[0] += float(np.sum(e * e))

@@ -2638,7 +2638,7 @@ def _streamed_drift(
                     with_logits(run_session(session, {**batch, **drawn}), candidate_picks, candidate_names),
                 )
                 for before, after in unpadded(original, [batch], [run]):
-                    before, after = with_residuals(batch, before, after)
+                    before, after = with_residuals(batch, before, after, unchanged=True)
                     moved = axes.in_run(batch, before)
                     yield samples_first(before, moved), samples_first(after, moved)
 

@@ -13,12 +13,6 @@ _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 76, and the README words that name its limit.
 _NAMED: dict[str, str] = {
-    "test_a_part_added_to_the_input_scaled_is_scored_on_its_own": (
-        "An output that is its input scaled plus a part (`0.95 x + d`, an alpha blend) is scored less `x`"
-    ),
-    "test_a_batch_the_original_adds_nothing_to_leaves_the_part_scored_on_the_others": (
-        "A batch to which the original adds nothing leaves the added part unscored on every batch"
-    ),
     "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
     "test_a_legacy_roformers_sinusoidal_table_is_read_to_its_last_row": (
         "The legacy exporter's RoFormer reads its sinusoidal table's length off the embeddings' output, "

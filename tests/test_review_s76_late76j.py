@@ -2,15 +2,15 @@
 
 An added part larger than 10 % of the output went unscored while dropping it still met the default floor (0.955 at
 30 %); a sample to which the original adds nothing read a cosine of 0 on its rounding (an fp16-like rewrite of a
-gated residual rolled back); an output that is its input flattened hid a dropped part. Strict xfails: a batch to
-which the original adds nothing leaves the part unscored on every batch; ``0.95 x + d`` is scored less ``x``.
+gated residual rolled back); an output that is its input flattened hid a dropped part. Its two strict xfails (a batch
+to which the original adds nothing left the part unscored on every batch; ``0.95 x + d`` was scored less ``x``) pass
+since review s77 xres.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optimizer.accuracy import AccuracyBudget, output_drift
@@ -82,11 +82,6 @@ def test_a_sample_the_original_adds_nothing_to_is_no_lost_sample():
     assert not checker.check_approximation(_gated(0.0)).ok  # dropping the part still misses it
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a batch to which the original adds nothing (within float32 rounding) leaves the added part unscored on "
-    "every batch: with_residuals gives no part on that run and paired_drift scores a part only where every run has it",
-)
 def test_a_batch_the_original_adds_nothing_to_leaves_the_part_scored_on_the_others():
     checker = Verifier(
         _gated(0.01), [_inputs(3, [1.0, 1.0]), _inputs(4, [0.0, 0.0])], budget=AccuracyBudget(min_cosine=0.99)
@@ -125,11 +120,6 @@ def test_an_output_that_is_mostly_its_input_reshaped_is_scored_less_it():
     assert checker.check_approximation(_flattened(0.01 * 1.001)).ok
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the part is scored less the input as it is, not as the original scales it: taking x at its least-squares "
-    "scale rolled back int8 Silero VAD fed its own state (stateN less its scaled state read 0.75), so it is not done",
-)
 def test_a_part_added_to_the_input_scaled_is_scored_on_its_own():
     # y = 0.95 x + 1 % of x's size: less x, the part scored was mostly -0.05 x, which a rewrite dropping the added
     # part keeps: it read 0.981 and met --min-cosine 0.98 (an alpha blend, a leaky state s' = 0.95 s + u).
