@@ -19,6 +19,7 @@ from optimizer.compared_inputs import (
     equal_copy,
     equalled_inputs,
     held_reductions,
+    lengths_together,
     position_table_lengths,
     reduced_sides,
     unnamed_lengths,
@@ -1082,15 +1083,18 @@ def _add_compared_lengths(
     257), no set was 16 long, nor under 8, and a rewrite wrong in the branch those select verified. Not a dim ``dims``
     fixes, nor past ``max_positions``, nor where the set would take more than ``_COMPARED_LENGTH_GROWTH`` times the
     first's bytes and ``_COMPARED_LENGTH_BYTES``; a decoder's mask length follows its past and new tokens. One the
-    original fails on is dropped (said in the report). Then, with ``table_ends_within`` (the user's
-    ``--max-sequence``; ``max_positions`` is the lengths' bound, halved where the original refused the default; None
-    beside given inputs), where a length indexes a constant table along its rows (``position_table_lengths``: BERT's
-    ``position_ids[:, :L]``), a set of the first one's sizes at one row (batch 1) with that dim at the table's end,
-    within the same limits, ``_LONGEST_TABLE_END``, ``_TABLE_END_ATTENTION_GROWTH`` and ``table_ends_within``:
-    generated at 128, then 65 where 257 is past a 256-row table, no set read the table's last row, and a rewrite wrong
-    only there verified until review s75 (xfix4). Not a decoder's past or new tokens (``cache_length_dims``), whose
-    tables ``longest_cache`` bounds. Returns a note naming the lengths left undrawn past those limits, or None: the
-    report said nothing of them until a review in session 74."""
+    original fails on is dropped (said in the report). The ways a dim's comparisons go together (``compared_lengths``'s
+    ``between``) come after the lengths each tells apart, within the same sets (``129 <= L < 200`` beside 128 and 257
+    was never drawn until review s77 xlen); then those of several dims together (``_sets_together``). Then, with
+    ``table_ends_within`` (the user's ``--max-sequence``; ``max_positions`` is the lengths' bound, halved where the
+    original refused the default; None beside given inputs), where a length indexes a constant table along its rows
+    (``position_table_lengths``: BERT's ``position_ids[:, :L]``), a set of the first one's sizes at one row (batch
+    1) with that dim at the table's end, within the same limits, ``_LONGEST_TABLE_END``,
+    ``_TABLE_END_ATTENTION_GROWTH`` and ``table_ends_within``: generated at 128, then 65 where 257 is past a 256-row
+    table, no set read the table's last row, and a rewrite wrong only there verified until review s75 (xfix4). Not a
+    decoder's past or new tokens (``cache_length_dims``), whose tables ``longest_cache`` bounds. Returns a note
+    naming the lengths left undrawn past those limits, or None: the report said nothing of them until a review in
+    session 74."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     base = {name: size for name, size in dims_from_inputs(model, first).items() if name not in totals}
@@ -1111,39 +1115,53 @@ def _add_compared_lengths(
     )[0]
     most = max(_COMPARED_LENGTH_GROWTH * first_bytes, _COMPARED_LENGTH_BYTES)
     added = 0
-    undrawn: dict[str, list[int]] = {}
+    undrawn: dict[str, list[Any]] = {}
     limits: dict[str, None] = {}
-    for name, wanted in compared_lengths(model, had, sizes, bindings).items():
+    # The ways a dim's comparisons go together too (``between``), after every dim's lengths each tells apart:
+    # ``129 <= L < 200`` beside 128 and 257 was never drawn, and a rewrite wrong only there verified until review s77
+    # (xlen).
+    one_at_a_time = compared_lengths(model, had, sizes, bindings)
+    wanted = [(name, length) for name, found in one_at_a_time.items() for length in found]
+    for name, found in compared_lengths(model, had, sizes, bindings, between=True).items():
+        wanted += [(name, length) for length in found if length not in one_at_a_time.get(name, ())]
+    for name, length in wanted:
         if name in (dims or {}) or (name not in base and name != UNNAMED_LENGTH):
             continue
         what = f"'{name}'" if name != UNNAMED_LENGTH else "the dims without a name"
-        for length in wanted:
-            if any(length in lengths(inputs).get(name, ()) for inputs in verifier.input_sets):
-                continue
-            if added >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
-                capped = added >= _COMPARED_LENGTH_SETS
-                limit = f"{_COMPARED_LENGTH_SETS} sets at most" if capped else f"--max-sequence {max_positions}"
-                undrawn.setdefault(what, []).append(length)
-                limits[limit] = None
-                continue
-            unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
-            bound = _within_positions(base if unnamed else {**base, name: length}, name, totals, dims, max_positions)
-            if bound is None:
-                continue
-            if input_bytes(model, bound, **unnamed)[0] > most:
-                undrawn.setdefault(what, []).append(length)
-                limits[f"sets of {format_bytes(most)} at most"] = None
-                continue
-            try:
-                inputs = make_inputs(model, bound, **unnamed)
-                inputs, how = _model_cache(model, inputs, seed=0)
-            except InputSpecError:
-                continue
-            if length not in lengths(inputs).get(name, ()):
-                continue
-            label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
-            added += verifier.add_input_set(inputs, label)
-    ends: dict[str, list[int]] = {}
+        if any(length in lengths(inputs).get(name, ()) for inputs in verifier.input_sets):
+            continue
+        if added >= _COMPARED_LENGTH_SETS or (max_positions and length > max_positions):
+            capped = added >= _COMPARED_LENGTH_SETS
+            limit = f"{_COMPARED_LENGTH_SETS} sets at most" if capped else f"--max-sequence {max_positions}"
+            undrawn.setdefault(what, []).append(length)
+            limits[limit] = None
+            continue
+        unnamed = {"unnamed_length": length} if name == UNNAMED_LENGTH else {}
+        bound = _within_positions(base if unnamed else {**base, name: length}, name, totals, dims, max_positions)
+        if bound is None:
+            continue
+        if input_bytes(model, bound, **unnamed)[0] > most:
+            undrawn.setdefault(what, []).append(length)
+            limits[f"sets of {format_bytes(most)} at most"] = None
+            continue
+        try:
+            inputs = make_inputs(model, bound, **unnamed)
+            inputs, how = _model_cache(model, inputs, seed=0)
+        except InputSpecError:
+            continue
+        if length not in lengths(inputs).get(name, ()):
+            continue
+        label = f"generated, {what} at {length}, a length the graph compares ({_shapes(model, inputs)}){how}"
+        added += verifier.add_input_set(inputs, label)
+    # Then the ways two dims' comparisons go together (``lengths_together``): each dim drawn at the first set's other
+    # sizes, ``B >= 2`` and ``L < 200`` beside (1, 128) and (2, 257) were never met at once until review s77 (xlen).
+    sized = [dims_from_inputs(model, inputs) for inputs in verifier.input_sets]
+    why = "lengths the graph compares together"
+    for inputs, label in _sets_together(
+        model, model, None, sized, base, dims, max_positions, most, why, undrawn, limits
+    ):
+        verifier.add_input_set(inputs, label)
+    ends: dict[str, list[Any]] = {}
     ends_limits: dict[str, None] = {}
     if table_ends_within is not None:
         _add_table_ends(model, verifier, dims, base, most, table_ends_within, ends, ends_limits)
@@ -1153,7 +1171,9 @@ def _add_compared_lengths(
         (ends, ends_limits, "reads a table to its last row at a length", "a rewrite wrong only there was"),
     ):
         if found:
-            held = "; ".join(f"{name} at {', '.join(map(str, sizes))}" for name, sizes in found.items())
+            held = "; ".join(
+                f"{name} at {', '.join(map(str, sizes))}" if sizes else name for name, sizes in found.items()
+            )
             sentences.append(
                 f"the graph {what} no verification set holds ({held}; {', '.join(over)}): {unverified} not verified"
             )
@@ -1169,7 +1189,7 @@ def _add_table_ends(
     base: Mapping[str, int],
     most: int,
     max_sequence: int,
-    undrawn: dict[str, list[int]],
+    undrawn: dict[str, list[Any]],
     limits: dict[str, None],
 ) -> None:
     """Verify on one set of ``base``'s sizes (the first set's) at one row, each dim that indexes a constant table
@@ -1299,6 +1319,73 @@ def _within_positions(
     return bound
 
 
+# The most sets ``_sets_together`` draws (a model's, or a rewrite's, lengths together), beside
+# ``_COMPARED_LENGTH_SETS``.
+_LENGTHS_TOGETHER_SETS = 4
+
+
+def _sets_together(
+    model: ir.Model,
+    compares: ir.Model,
+    before: ir.Model | None,
+    sized: Sequence[Mapping[str, int]],
+    base: Mapping[str, int],
+    dims: Mapping[str, int] | None,
+    max_positions: int | None,
+    most: int,
+    why: str,
+    undrawn: dict[str, list[Any]],
+    limits: dict[str, None],
+) -> list[tuple[dict[str, np.ndarray], str]]:
+    """Sets of ``base``'s sizes (the first set's) with several dims at once at the lengths ``lengths_together`` finds
+    for the comparisons ``compares`` makes (with ``before``, those it makes where ``before`` does not) beside the sets
+    ``sized`` gives the sizes of, with their labels (``why`` says what the lengths are): up to
+    ``_LENGTHS_TOGETHER_SETS``, within ``max_positions`` and ``most`` bytes, not a dim ``dims`` fixes nor a decoder's
+    mask length (``cache_length_dims``, drawn one at a time as a decode step). The ways left out (past those limits,
+    or past the sets) go in ``undrawn`` (why in ``limits``), named by their lengths or counted."""
+    names = [name for name in base if name not in (dims or {})]
+    found, more = lengths_together(compares, sized, names, before, 2 * _LENGTHS_TOGETHER_SETS)
+    totals = cache_length_dims(model)
+    sets: list[tuple[dict[str, np.ndarray], str]] = []
+    for lengths in found:
+        keys = sorted(lengths)
+        what = _in_words([f"'{key}'" for key in keys]) + " together"
+        at = f"({', '.join(str(lengths[key]) for key in keys)})"
+        if len(sets) >= _LENGTHS_TOGETHER_SETS:
+            undrawn.setdefault(what, []).append(at)
+            limits[f"{_LENGTHS_TOGETHER_SETS} sets of lengths together at most"] = None
+            continue
+        bound: dict[str, int] | None = {**base, **lengths}
+        for key in keys:
+            bound = _within_positions(bound, key, totals, dims, max_positions) if bound is not None else None
+        past = bool(max_positions) and max(lengths.values()) > (max_positions or 0)
+        if bound is None or past or any(bound[key] != lengths[key] for key in keys):
+            undrawn.setdefault(what, []).append(at)
+            limits[f"--max-sequence {max_positions}"] = None
+            continue
+        if input_bytes(model, bound)[0] > most:
+            undrawn.setdefault(what, []).append(at)
+            limits[f"sets of {format_bytes(most)} at most"] = None
+            continue
+        try:
+            inputs, how = _model_cache(model, make_inputs(model, bound), seed=0)
+        except InputSpecError:
+            continue
+        if any(dims_from_inputs(model, inputs).get(name) != length for name, length in lengths.items()):
+            continue
+        shown = _in_words([f"'{key}' at {lengths[key]}" for key in keys])
+        sets.append((inputs, f"generated, {shown}, {why} ({_shapes(model, inputs)}){how}"))
+    if more:
+        undrawn[f"{more} more pairs of ways of two lengths together"] = []
+        limits[f"{_LENGTHS_TOGETHER_SETS} sets of lengths together at most"] = None
+    return sets
+
+
+def _in_words(items: Sequence[str]) -> str:
+    """``items`` as a list in words: ``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
 def _lengths_a_rewrite_compares(
     model: ir.Model,
     verifier: Verifier,
@@ -1315,8 +1402,11 @@ def _lengths_a_rewrite_compares(
     A decoder's mask length (``cache_length_dims``) is drawn as one new token over a past one shorter, as a decode
     step at that context runs. Within ``max_positions``, ``_COMPARED_LENGTH_SETS`` sets and the bytes
     ``_add_compared_lengths`` allows a set, not a dim ``dims`` fixes; a set the original refuses is left to
-    ``Verifier.add_input_set``. Beside them, a note naming the lengths left out past those limits, or None (a length
-    past the bytes a set may hold was dropped unsaid, and the rewrite verified, until review s76 late76d)."""
+    ``Verifier.add_input_set``. Then, where it compares several dims, the ways they go together that no set holds
+    (``_sets_together``, up to ``_LENGTHS_TOGETHER_SETS`` more): ``L == 5 and B == 2`` was drawn a length at a time
+    at the first set's other sizes, and verified, until review s77 (xlen). Beside them, a note naming the lengths
+    left out past those limits, or None (a length past the bytes a set may hold was dropped unsaid, and the rewrite
+    verified, until review s76 late76d)."""
     first = verifier.input_sets[0]
     totals = cache_length_dims(model)
     first_dims = dims_from_inputs(model, first)
@@ -1330,11 +1420,10 @@ def _lengths_a_rewrite_compares(
             held.setdefault(name, set()).add(size)
         bindings.append(found)
     # The ways the comparisons of a dim go together too (``between``): ``2 <= S < 4`` beside 1 and 128 new tokens,
-    # each side of each threshold held apart, was never drawn until review s76 xfix2. ``before``'s comparisons one at
-    # a time are left to the sets drawn for the original; its ways together were never drawn, so they are left out
-    # only where ``candidate`` goes no other way on that dim. Counted as
-    # held, a branch at 129 a rewrite wrote in the original's ``129 <= L < 200`` (129 no set held) was verified until
-    # review s76 late76e.
+    # each side of each threshold held apart, was never drawn until review s76 xfix2. ``before``'s comparisons, one at
+    # a time and together, are left to the sets drawn for the original (``_add_compared_lengths``); those its four
+    # sets left out are drawn here only where ``candidate`` goes another way on that dim. Counted as held, a branch at
+    # 129 a rewrite wrote in the original's ``129 <= L < 200`` (129 no set held) was verified until review s76 late76e.
     # The original's own ways together, drawn where the rewrite goes another way, come after its new lengths and
     # rotary rows (``own``): drawn first, four of them took the sets, and a branch at 1,000 a rewrite wrote beside
     # four windows straddling 128..257 was only named, not drawn, until review s76 late76h.
@@ -1373,7 +1462,7 @@ def _lengths_a_rewrite_compares(
     wanted += own
     sets: list[tuple[dict[str, np.ndarray], str]] = []
     drawn: set[tuple[str, int]] = set()
-    undrawn: dict[str, list[int]] = {}
+    undrawn: dict[str, list[Any]] = {}
     limits: dict[str, None] = {}
     for name, length, why in wanted:
         if name in (dims or {}) or name not in first_dims or (name, length) in drawn:  # cos and sin: one set
@@ -1404,9 +1493,15 @@ def _lengths_a_rewrite_compares(
         if dims_from_inputs(model, inputs).get(name) != length:
             continue
         sets.append((inputs, f"generated, '{name}' at {length}, {why} ({_shapes(model, inputs)}){how}"))
+    # Then the ways the rewrite's comparisons of several dims go together where it goes a way ``before`` does not
+    # (``lengths_together``): ``L == 5`` and ``B == 2``, drawn one at a time at the first set's other sizes (5 tokens
+    # in a batch of 1), verified until review s77 (xlen).
+    sized = [*bindings, *(dims_from_inputs(model, inputs) for inputs, _ in sets)]
+    why = "lengths the rewrite compares together"
+    sets += _sets_together(model, candidate, before, sized, base, dims, max_positions, most, why, undrawn, limits)
     if not undrawn:
         return sets, None
-    shown = "; ".join(f"{name} at {', '.join(map(str, sizes))}" for name, sizes in undrawn.items())
+    shown = "; ".join(f"{name} at {', '.join(map(str, sizes))}" if sizes else name for name, sizes in undrawn.items())
     return sets, (
         f"the rewrite's result turns on lengths no verification set holds ({shown}; {', '.join(limits)}): it was not "
         "verified at them; pass inputs of those lengths with --inputs FILE.npz"

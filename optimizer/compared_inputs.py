@@ -1365,8 +1365,28 @@ def compared_lengths(
     a length for each way the comparisons of one dim go together that no held length (nor one kept) goes: ``2 <= L``
     and ``L < 4`` beside 1 and 128, whose sides each held apart, at 2 (``_lengths_between``; a rewrite that branched
     there verified until review s76 xfix2)."""
-    found: dict[str, dict[int, None]] = {}
-    compared: dict[Any, list[tuple[list[int], Callable[[int], Any]]]] = {}
+    found, compared = _compared_sides(model, held, sizes, bindings)
+    for key, sides in compared.items() if between else ():
+        kept = found.setdefault(key, {})
+        kept.update(dict.fromkeys(_lengths_between(sides, (held or {}).get(key, ()), kept)))
+    return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+
+
+# The comparisons of one dim's length with constants (``_compared_sides``): the lengths each tells apart, and which
+# way a length goes there.
+_Sides = list[tuple[list[int], Callable[[int], Any]]]
+
+
+def _compared_sides(
+    model: ir.Model,
+    held: Mapping[str, Collection[int]] | None = None,
+    sizes: Mapping[str, int] | None = None,
+    bindings: Sequence[Mapping[str, int]] | None = None,
+) -> tuple[dict[Any, dict[int, None]], dict[Any, _Sides]]:
+    """The one walk of ``compared_lengths``: the lengths it finds by dim (without ``between``), and by dim each
+    comparison with a constant (``_Sides``)."""
+    found: dict[Any, dict[int, None]] = {}
+    compared: dict[Any, _Sides] = {}
     meets: list[_Met] = []
     starts = _length_starts(model, sizes)  # each walk's start and the elements it holds
     multiplied: set[int] = set()
@@ -1385,10 +1405,7 @@ def compared_lengths(
                 starts.append((node.outputs[0], product))
     for key, lengths in _lengths_met(meets, sizes, bindings):
         found.setdefault(key, {}).update(dict.fromkeys(lengths))
-    for key, sides in compared.items() if between else ():
-        kept = found.setdefault(key, {})
-        kept.update(dict.fromkeys(_lengths_between(sides, (held or {}).get(key, ()), kept)))
-    return {name: sorted(lengths) for name, lengths in found.items() if lengths}
+    return found, compared
 
 
 def _lengths_between(
@@ -1423,6 +1440,118 @@ def _lengths_between(
             gone.add(went)
             between.append(length)
     return between
+
+
+# The most ways of two dims together ``lengths_together`` lists one by one; past them it counts them.
+_MOST_WAYS_TOGETHER = 4096
+
+
+def lengths_together(
+    model: ir.Model,
+    bindings: Sequence[Mapping[str, int]],
+    names: Collection[str],
+    before: ir.Model | None = None,
+    most: int = 4,
+) -> tuple[list[dict[str, int]], int]:
+    """The lengths at which to draw sets (each a few of ``names``, the dims the caller may draw, at a length; the rest
+    as in the first of ``bindings``) so that each way one dim goes at its comparisons with constants
+    (``compared_lengths``, all of that dim's taken together) meets each way of every other such dim in some set: up to
+    ``most`` sets, each chosen to meet the most pairs of ways no binding (each set's sizes) holds (first those of the
+    ways that split one of ``before``'s, then those of the ways fewest bindings hold); beside them, how many such
+    pairs they leave out. Drawn one dim at a time at the first set's
+    other sizes, ``L == 5`` and ``B == 2`` together (5 tokens in a batch of 2) were never run, and a rewrite's branch
+    there verified until review s77 (xlen). With ``before`` (the model a rewrite was given), only the pairs where
+    ``model`` goes a way ``before`` does not on one dim or both: the others are left to the original's sets. Each way
+    is drawn at the first set's length where it goes that way, else at the shortest length of a binding that does,
+    else at the shortest of the lengths the comparisons tell apart (up to a divisor past them for a remainder, as
+    ``_lengths_between`` looks) that does."""
+    if not bindings or most <= 0:
+        return [], 0
+    first = bindings[0]
+    compared = _compared_sides(model, None, first, bindings)[1]
+    dims = sorted(key for key in compared if isinstance(key, str) and key in names and key in first)
+    if len(dims) < 2:
+        return [], 0
+    prior = _compared_sides(before, None, first, bindings)[1] if before is not None else {}
+    ways: dict[str, dict[int, int]] = {}  # by dim, each length's way
+    shown: dict[str, dict[int, int]] = {}  # by dim, each way's length
+    new: set[str] = set()
+    fresh: dict[str, set[int]] = {}  # by dim, the ways that split one of ``before``'s: met first
+    for dim in dims:
+        sides, old = compared[dim], prior.get(dim, [])
+        divisors = [side.args[0] for _, side in (*sides, *old) if getattr(side, "func", None) is _length_remainder_side]
+        held = sorted({binding[dim] for binding in bindings if dim in binding})
+        told = _told_lengths({n for lengths, _ in (*sides, *old) for n in lengths}, divisors)
+        lengths = [*held, *(n for n in told if n not in held)]
+        if not all(isinstance(n, (int, np.integer)) and abs(n) <= 2**53 for n in lengths):
+            return [], 0
+        array = np.asarray(lengths, np.int64).reshape(-1)
+        went = _joined_classes([_side_classes(side, array) for _, side in sides], len(lengths)).tolist()
+        if before is None or (split := _split_ways(went, old, array)):
+            new.add(dim)
+            fresh[dim] = split if before is not None else set()
+        ways[dim] = dict(zip(lengths, went, strict=True))
+        order = [first[dim], *held, *sorted(told)]
+        shown[dim] = {}
+        for length in order:
+            shown[dim].setdefault(ways[dim][length], length)
+    pairs = [(a, b) for i, a in enumerate(dims) for b in dims[i + 1 :] if a in new or b in new]
+    held_ways = [{dim: ways[dim][binding[dim]] for dim in dims if dim in binding} for binding in bindings]
+    counts = {dim: dict.fromkeys(shown[dim], 0) for dim in dims}
+    for went in held_ways:
+        for dim, way in went.items():
+            counts[dim][way] += 1
+    covered = {(a, went[a], b, went[b]) for went in held_ways for a, b in pairs if a in went and b in went}
+    wanted: list[tuple[str, int, str, int]] = []
+    total = 0
+    for a, b in pairs:
+        total += len(shown[a]) * len(shown[b])
+        for way_a in shown[a]:
+            for way_b in shown[b] if len(wanted) < _MOST_WAYS_TOGETHER else ():
+                if (a, way_a, b, way_b) not in covered:
+                    wanted.append((a, way_a, b, way_b))
+    left = total - len(covered) - len(wanted)  # past those listed: counted, not listed
+    wanted.sort(
+        key=lambda pair: (
+            -(pair[1] in fresh.get(pair[0], ())) - (pair[3] in fresh.get(pair[2], ())),
+            counts[pair[0]][pair[1]] + counts[pair[2]][pair[3]],
+        )
+    )
+    unmet = set(wanted)
+    chosen: list[dict[str, int]] = []
+    for pair in wanted:
+        if len(chosen) >= most:
+            break
+        if pair not in unmet:
+            continue
+        picked = {pair[0]: pair[1], pair[2]: pair[3]}
+        for dim in (dim for dim in dims if dim not in picked):
+            # Each other dim at the way that meets the most unmet pairs with those picked, else the first set's.
+            met = {
+                way: sum(_ordered(dim, way, other, picked[other]) in unmet for other in picked) for way in shown[dim]
+            }
+            if max(met.values(), default=0) > 0:
+                picked[dim] = max(met, key=lambda way: (met[way], -counts[dim][way]))
+        chosen.append({dim: shown[dim][way] for dim, way in picked.items()})
+        went = {dim: picked.get(dim, ways[dim][first[dim]]) for dim in dims}
+        unmet.difference_update(_ordered(a, went[a], b, went[b]) for a, b in pairs)
+    return chosen, left + len(unmet)
+
+
+def _ordered(a: str, way_a: int, b: str, way_b: int) -> tuple[str, int, str, int]:
+    """A pair of ways of two dims (``lengths_together``), the dim first in order first."""
+    return (a, way_a, b, way_b) if a < b else (b, way_b, a, way_a)
+
+
+def _split_ways(went: Sequence[int], old: _Sides, lengths: np.ndarray) -> set[int]:
+    """The ways of ``went`` (each of ``lengths``' way at some comparisons) that split a way of the comparisons
+    ``old`` (lengths ``old`` sends one way that ``went`` sends several): empty where ``went`` tells apart nothing
+    ``old`` does not."""
+    was = _joined_classes([_side_classes(side, lengths) for _, side in old], lengths.size).tolist()
+    within: dict[int, set[int]] = {}
+    for before, way in zip(was, went, strict=True):
+        within.setdefault(before, set()).add(way)
+    return {way for split in within.values() if len(split) > 1 for way in split}
 
 
 def _told_lengths(told: set[Any], divisors: Sequence[int]) -> list[Any]:

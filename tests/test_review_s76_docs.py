@@ -19,12 +19,6 @@ _NAMED: dict[str, str] = {
         "`Shape(LayerNorm(words + token types))[1]`, which is not followed: its table gets no set at its end, so a "
         "rewrite wrong only in its last row is verified"
     ),
-    "test_a_rewrite_wrong_only_between_the_originals_own_thresholds_is_rolled_back": (
-        "the original's own comparisons are still drawn one at a time, their ways together left out"
-    ),
-    "test_a_branch_on_two_lengths_at_once_a_rewrite_wrote_is_rolled_back": (
-        "Each such length is drawn at the first set's other sizes: a rewrite's branch on two lengths at once"
-    ),
 }
 
 

@@ -11,8 +11,9 @@ in a sample of its own and the lengths between two thresholds a rewrite compares
   held for a rewrite's new comparisons: a branch at 129 that a rewrite wrote inside the original's
   ``129 <= L < 200`` verified (fixed in ``api._lengths_a_rewrite_compares``); the ways were looked for at the lengths
   each comparison tells apart alone, and ``L >= 201`` and ``L % 8 == 0`` together (first at 208) were never drawn
-  (fixed: a remainder's ways up to a divisor past each, ``_lengths_between``). Still verified (strict xfails, named in
-  README): a rewrite wrong only between the original's own thresholds, and a branch on two lengths at once.
+  (fixed: a remainder's ways up to a divisor past each, ``_lengths_between``). A rewrite wrong only between the
+  original's own thresholds, and a branch on two lengths at once, verified (strict xfails until review s77 xlen:
+  the original's ways together get sets, and the ways of several dims together, ``lengths_together``).
 """
 
 from __future__ import annotations
@@ -159,15 +160,20 @@ def between(tmp_path_factory):
 def test_a_branch_a_rewrite_wrote_inside_the_originals_own_thresholds_is_rolled_back(between, tmp_path):
     record = _verdict(between, _ScaledAt129, tmp_path)
     # Before the fix: applied, verified; 129 was the original's way between its thresholds (``between`` on the model
-    # the pass was given), counted as held though no set was ever drawn there, and 199 alone was drawn.
+    # the pass was given), counted as held though no set was ever drawn there, and 199 alone was drawn. Since review
+    # s77 (xlen) the original's own ways together get a set for the original: 129 is the graph's length there.
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)
-    assert "'L' at 129, a length the rewrite compares" in record.detail
+    assert "'L' at 129, a length the graph compares" in record.detail
 
 
 def test_an_exact_branch_inside_the_originals_own_thresholds_is_kept_and_checked_there(between, tmp_path):
-    record = _verdict(between, _ExactAt129, tmp_path)
+    spec = PassSpec("mutant", _ExactAt129, "exact")
+    with mock.patch.object(api, "resolve", lambda names, options: [*registry.resolve(names, options), spec]):
+        _, report = api.optimize_with_report(between, [], output=tmp_path / "out.onnx")
+    record = report.passes[-1]
     assert record.status == STATUS_APPLIED, (record.status, record.detail)
-    assert any("'L' at 129, a length the rewrite compares" in note for note in record.notes), record.notes
+    # Checked at 129 on the original's set there (since review s77 xlen; before, on one the rewrite's branch drew).
+    assert any("'L' at 129, a length the graph compares (B=1, L=129)" in label for label in report.input_sets)
 
 
 class _WindowScaledMore(ir.passes.InPlacePass):
@@ -182,12 +188,12 @@ class _WindowScaledMore(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, True)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the original's own thresholds are drawn one at a time: 129 to 199 never run (README)"
-)
 def test_a_rewrite_wrong_only_between_the_originals_own_thresholds_is_rolled_back(between, tmp_path):
     record = _verdict(between, _WindowScaledMore, tmp_path)
+    # Before review s77 (xlen): applied, verified; the original's own thresholds were drawn one at a time (held at 128
+    # and 257), its ways together never, and the rewrite compares nothing new: 129 to 199 were never run.
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)
+    assert "'L' at 129, a length the graph compares" in record.detail
 
 
 class _ScaledAtFiveTokensInPairs(_ScaledWhere):
@@ -201,11 +207,12 @@ class _ScaledAtFiveTokensInPairs(_ScaledWhere):
         return new
 
 
-@pytest.mark.xfail(strict=True, reason="a length a rewrite compares is drawn at the first set's other sizes (README)")
 def test_a_branch_on_two_lengths_at_once_a_rewrite_wrote_is_rolled_back(between, tmp_path):
     record = _verdict(between, _ScaledAtFiveTokensInPairs, tmp_path)
-    # 'L' at 5 is drawn at a batch of 1, the first set's; the second binding's batch of 2 never meets it.
+    # Before review s77 (xlen): applied, verified; 'L' at 5 was drawn at a batch of 1, the first set's, and the second
+    # binding's batch of 2 never met it.
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)
+    assert "'B' at 2 and 'L' at 5, lengths the rewrite compares together" in record.detail
 
 
 class _ScaledPastThresholdAtMultiplesOfEight(_ScaledWhere):
