@@ -96,6 +96,7 @@ from optimizer.padding import (
     encoded_mask,
     feature_mask_inputs,
     key_masks,
+    looks_like_mask,
     mask_inputs,
     padded_at,
     padded_copy,
@@ -1199,12 +1200,14 @@ def _add_table_ends(
     set whose attention would cost more than ``_TABLE_END_ATTENTION_GROWTH`` times the first set's (the square of the
     length: a 4,096-row table took a 1-layer BERT's optimization from 4.5 s and 0.56 GiB to 20 s and 4.4 GiB until
     review s76 tcost) is put in ``undrawn`` (with why in ``limits``) instead. A set the original fails on is dropped
-    unsaid: the table was not what ended its lengths. Where positions count the tokens (RoBERTa's
+    unsaid: the table was not what ended its lengths. A relative table's end (``position_table_lengths``' ``relative``)
+    is held by a longer set too where no padding mask pads a token. Where positions count the tokens (RoBERTa's
     ``cumsum(input_ids != padding_idx)``), an id drawn at the padding id is moved off it: drawn so, the last token
     counted one short of the table's last row; and a set holds the end only with no such id and no token its mask
     pads (``_holds``)."""
     avoided: dict[str, set[int]] = {}
-    ends = position_table_lengths(model, avoided)
+    relative: set[str] = set()
+    ends = position_table_lengths(model, avoided, relative)
     if not ends:
         return
     cached = {dim for pair in cache_length_dims(model).values() for dim in pair}
@@ -1213,6 +1216,8 @@ def _add_table_ends(
     # s76 (late76c).
     counted = [inputs for inputs in verifier.input_sets if not any(_holds(inputs, *off) for off in avoided.items())]
     held = [dims_from_inputs(model, inputs) for inputs in counted]
+    masks = [value.name for value in runtime_inputs(model) if looks_like_mask(value)]
+    unpadded = [sizes for sizes, inputs in zip(held, counted) if not any(_varies(inputs, name) for name in masks)]
     bound = {**base, **dict.fromkeys(_batch_names(model, base), 1), **(dims or {})}
     bound = {name: size for name, size in bound.items() if name in base}
     wanted = {}
@@ -1221,6 +1226,8 @@ def _add_table_ends(
             continue
         if any(sizes.get(name) == length for sizes in held):
             continue
+        if name in relative and any(sizes.get(name, 0) >= length for sizes in unpadded):
+            continue  # a relative table's ends are read at any longer length too, where no token is padded
         if length > _LONGEST_TABLE_END:
             undrawn.setdefault(f"'{name}'", []).append(length)
             limits[f"lengths of {_LONGEST_TABLE_END} at most"] = None
@@ -1287,6 +1294,11 @@ def _attends(model: ir.Model) -> bool:
             if subgraphs or any(value in computed for value in operands):
                 computed.update(node.outputs)
     return False
+
+
+def _varies(inputs: Mapping[str, Any], name: str) -> bool:
+    """Whether input ``name`` of ``inputs`` holds more than one value (a padding mask that pads some tokens)."""
+    return isinstance(array := inputs.get(name), np.ndarray) and array.size > 0 and bool((array != array.flat[0]).any())
 
 
 def _holds(inputs: Mapping[str, Any], name: str, values: set[int]) -> bool:

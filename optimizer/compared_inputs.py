@@ -60,6 +60,7 @@ from optimizer.inputs import (
     _is_mask,
     _lookup_keys,
     _picked_columns,
+    _uses_reached,
     runtime_inputs,
 )
 from optimizer.runtime import constant_value, run_model
@@ -1642,7 +1643,9 @@ def _classes_of(values: Sequence[Any]) -> np.ndarray:
     return np.asarray([numbers.setdefault(value, len(numbers)) for value in values], np.int64).reshape(-1)
 
 
-def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None = None) -> dict[str, int]:
+def position_table_lengths(
+    model: ir.Model, avoided: dict[str, set[int]] | None = None, relative: set[str] | None = None
+) -> dict[str, int]:
     """Each named symbolic dim of an input whose length indexes a constant table along its rows, with the longest
     length that table allows: positions from ``Range(s, L, 1)`` that a ``Gather`` reads a table of T rows by (T), or a
     ``RotaryEmbedding`` its caches of T rows by (an encoder's rotary, ``_rotary_cache_rows``; or a fused one at a
@@ -1658,13 +1661,23 @@ def position_table_lengths(model: ir.Model, avoided: dict[str, set[int]] | None 
     verified until review s75 (xfix4). Also positions that count the tokens up to each (``_counted_extents``:
     RoBERTa's ``cumsum(input_ids != padding_idx) * mask + padding_idx``, a table of 514 rows read to its last at 512
     tokens; not followed until review s76), where ``avoided`` gets the input and the values its elements must not
-    hold for every token to count (RoBERTa's padding id; a padding mask's 0, drawn at one row all ones). The
-    smallest extent where a dim meets several tables; empty where none."""
+    hold for every token to count (RoBERTa's padding id; a padding mask's 0, drawn at one row all ones). Also a table
+    positions read through an index of pairs of them (``_relative_end``: DeBERTa's relative table, read to its ends
+    only by tokens half its rows apart; not followed until review s77), where no table of absolute positions ends the
+    dim, put in ``relative``: any longer length reads it too. The smallest extent where a dim meets several tables;
+    empty where none."""
     found: dict[str, int] = {}
+    reads_pairs: dict[str, int] = {}
     for start, elements in _length_starts(model, sizes_read=False, rows_read=True):
-        for key, rows in _table_extents(start, elements):
-            if key:  # a named dim: one without a name has no binding to set
+        for key, rows, past in _table_extents(start, elements):
+            if key and past:  # read at that length or longer: the longest such
+                reads_pairs[key] = max(rows, reads_pairs.get(key, rows))
+            elif key:  # a named dim: one without a name has no binding to set
                 found[key] = min(rows, found.get(key, rows))
+    for key, rows in reads_pairs.items():  # a table of absolute positions ends the lengths the model runs
+        if key not in found and relative is not None:
+            relative.add(key)
+        found.setdefault(key, rows)
     for key, rows in _offset_rotary_extents(model):
         found[key] = min(rows, found.get(key, rows))
     for key, rows, off in _counted_extents(model):
@@ -1724,26 +1737,104 @@ def _shapes_read(
     return starts
 
 
-def _rows_readers(rows: ir.Value, dims: list[tuple[Any, float]]) -> list[tuple[ir.Node, list[tuple[Any, float]]]]:
+def _rows_readers(
+    rows: ir.Value, dims: list[tuple[Any, float]], seen: set[int] | None = None
+) -> list[tuple[ir.Node, list[tuple[Any, float]]]]:
     """Each node that reads ``rows`` (a ``Gather`` of a constant table, ``_shapes_read``, its dims ``dims``) at input 0,
-    with the dims it reads: past a scale by a number, and a ``Gather`` of one element along an axis, which drops it
-    (legacy BART's length off ``inputs_embeds[:, :, -1]``, ``inputs_embeds`` the rows times ``embed_scale``; not
-    followed until review s76, late76c)."""
+    with the dims it reads: past a ``Gather`` of one element along an axis, which drops it (legacy BART's length off
+    ``inputs_embeds[:, :, -1]``; not followed until review s76, late76c), and past ops that keep every axis
+    (``_AXES_KEEPING_OPS``: elementwise, ``LayerNormalization``), an ``Add``, ``Sub``, ``Mul`` or ``Div`` by a value
+    of no higher rank (``_known_rank``: a scale, a bias, another table's rows of the same ids) and a ``MatMul`` by a
+    constant matrix, which changes the last axis alone. Legacy RoFormer reads its sinusoidal table's length off
+    ``Shape(LayerNorm(words + token types))[1]``: not followed, that table got no set at its end until review s77."""
+    seen = set() if seen is None else seen
+    if id(rows) in seen:  # a residual ``Add`` meets its own input again: each value once
+        return []
+    seen.add(id(rows))
     readers = []
     for user, at in rows.uses():
-        if not is_onnx_domain(user) or at > 1:
+        if not is_onnx_domain(user) or at > 1 or not user.outputs:
             continue
         if at == 0:
             readers.append((user, dims))
-        if user.op_type in ("Mul", "Div") and len(user.inputs) == 2 and (at == 0 or user.op_type == "Mul"):
-            scale = ir.convenience.get_const_tensor(user.inputs[1 - at]) if user.inputs[1 - at] is not None else None
-            if scale is not None and scale.size == 1 and len(scale.shape) <= len(dims):  # the shape kept
-                readers.extend(_rows_readers(user.outputs[0], dims))
+        other = user.inputs[1 - at] if len(user.inputs) == 2 else None
+        if user.op_type in _AXES_KEEPING_OPS and at == 0:
+            readers.extend(_rows_readers(user.outputs[0], dims, seen))
+        elif user.op_type in ("Add", "Sub", "Mul", "Div") and other is not None:
+            if (rank := _known_rank(other)) is not None and rank <= len(dims):  # broadcast into the rows: axes kept
+                readers.extend(_rows_readers(user.outputs[0], dims, seen))
+        elif user.op_type == "MatMul" and at == 0 and other is not None and len(dims) >= 2:
+            weight = ir.convenience.get_const_tensor(other)
+            if weight is not None and len(weight.shape) == 2:
+                readers.extend(_rows_readers(user.outputs[0], [*dims[:-1], (None, float(weight.shape[1]))], seen))
         elif user.op_type == "Gather" and at == 0 and user.inputs[1] is not None:
             picked, axis = ir.convenience.get_const_tensor(user.inputs[1]), user.attributes.get_int("axis", 0)
             if picked is not None and len(picked.shape) == 0 and -len(dims) <= axis < len(dims):
-                readers.extend(_rows_readers(user.outputs[0], [d for a, d in enumerate(dims) if a != axis % len(dims)]))
+                kept = [d for a, d in enumerate(dims) if a != axis % len(dims)]
+                readers.extend(_rows_readers(user.outputs[0], kept, seen))
     return readers
+
+
+# Ops whose output 0 has the dims of their input 0 (``_rows_readers``): elementwise ones and normalizations.
+_AXES_KEEPING_OPS = frozenset(
+    {
+        "Cast",
+        "Identity",
+        "Dropout",
+        "LayerNormalization",
+        "Relu",
+        "Gelu",
+        "Tanh",
+        "Sigmoid",
+        "Erf",
+        "Neg",
+        "Abs",
+        "Sqrt",
+        "Exp",
+        "Softmax",
+    }
+)
+
+
+def _known_rank(value: ir.Value | None, depth: int = 0) -> int | None:
+    """``value``'s rank where it is recorded or a constant's, or what a ``MatMul``, ``Gather``, ``Unsqueeze``,
+    ``ConstantOfShape`` of a ``Shape``, a broadcasting op (the highest of its inputs') or an op of
+    ``_AXES_KEEPING_OPS`` makes of its inputs'; None otherwise (``_rows_readers``)."""
+    if value is None or depth > 16:
+        return None
+    if value.shape is not None:
+        return len(value.shape)
+    if (tensor := ir.convenience.get_const_tensor(value)) is not None:
+        return len(tensor.shape)
+    node = value.producer()
+    if node is None or not is_onnx_domain(node) or not node.inputs:
+        return None
+    if node.op_type in _AXES_KEEPING_OPS:
+        return _known_rank(node.inputs[0], depth + 1)
+    if node.op_type in ("Add", "Sub", "Mul", "Div", "Pow", "Where"):
+        ranks = []
+        for operand in node.inputs:  # the first unknown rank ends the walk: a chain of them is read once
+            if (rank := _known_rank(operand, depth + 1)) is None:
+                return None
+            ranks.append(rank)
+        return max(ranks)
+    if node.op_type == "MatMul" and len(node.inputs) == 2:  # two matrices or stacks of them
+        first, second = _known_rank(node.inputs[0], depth + 1), _known_rank(node.inputs[1], depth + 1)
+        return None if first is None or second is None or min(first, second) < 2 else max(first, second)
+    if node.op_type == "Gather" and len(node.inputs) == 2:
+        data, picks = _known_rank(node.inputs[0], depth + 1), _known_rank(node.inputs[1], depth + 1)
+        return None if data is None or picks is None else data + picks - 1
+    if node.op_type == "Unsqueeze" and (inner := _known_rank(node.inputs[0], depth + 1)) is not None:
+        axes = _folded_ints(node.inputs[1]) if len(node.inputs) > 1 else node.attributes.get_ints("axes", None)
+        return None if axes is None else inner + len(axes)
+    if node.op_type == "ConstantOfShape" and node.inputs[0] is not None and (shape := node.inputs[0].producer()):
+        read = _known_rank(shape.inputs[0], depth + 1) if shape.op_type == "Shape" and shape.inputs else None
+        if read is not None:  # as many dims as the ``Shape`` holds of the value it reads
+            start, end = shape.attributes.get_int("start", 0), shape.attributes.get_int("end", read)
+            return len(range(read)[start:end])
+    if node.op_type == "Shape":
+        return 1
+    return None
 
 
 def _length_uses(
@@ -1851,9 +1942,10 @@ def _token_indicator(value: ir.Value) -> tuple[ir.Value, dict[str, set[int]]] | 
     return None
 
 
-def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int]]:
-    """``(dim, rows)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it holds:
-    ``elements``) indexes along its rows (``position_table_lengths``)."""
+def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int, bool]]:
+    """``(dim, rows, relative)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it
+    holds: ``elements``) indexes along its rows (``position_table_lengths``); ``relative`` where positions reach it
+    only through an index of pairs of them (``_relative_end``): any longer length reads its last row too."""
     pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
     for node, index, held, _ in _length_uses(pending):
         if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
@@ -1880,13 +1972,245 @@ def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterat
             continue
         elif node.op_type == "Range" and index == 1 and _folded_ints(node.inputs[2]) == [1]:
             first = _folded_ints(node.inputs[0])
+            if first is None or first[0] < 0:
+                continue
             ends = [_index_range(node.outputs[0]), _rotary_cache_rows(node.outputs[0])]
-            if first is not None and first[0] >= 0 and (rows := [end for end in ends if end is not None]):
-                yield held[0][0], min(rows)
+            if rows := [end for end in ends if end is not None]:
+                yield held[0][0], min(rows), False
+            elif (length := _relative_end(node.outputs[0], first[0])) is not None:
+                yield held[0][0], length, True
         elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
             positions = _index_range(node.outputs[0])
             reached = _first_reaching(node, positions - 1) if positions is not None and positions < rows else None
-            yield held[0][0], rows if reached is None else reached
+            yield held[0][0], rows if reached is None else reached, False
+
+
+# The longest length ``_relative_end`` looks for a relative index's end at: past ``_LONGEST_TABLE_END`` of
+# ``optimizer.api`` it is named in the report, not drawn.
+_LONGEST_RELATIVE = 1 << 16
+# Elementwise ops ``_relative_reads`` evaluates as ONNX does (integer ``Div`` truncates, in ``_evaluated``).
+_RELATIVE_OPS: dict[str, Callable[..., np.ndarray]] = {
+    "Add": np.add,
+    "Sub": np.subtract,
+    "Mul": np.multiply,
+    "Neg": np.negative,
+    "Abs": np.abs,
+    "Sign": np.sign,
+    "Log": np.log,
+    "Ceil": np.ceil,
+    "Floor": np.floor,
+    "Min": np.minimum,
+    "Max": np.maximum,
+    "Where": np.where,
+    "Less": np.less,
+    "Greater": np.greater,
+    "LessOrEqual": np.less_equal,
+    "GreaterOrEqual": np.greater_equal,
+    "Equal": np.equal,
+    "And": np.logical_and,
+    "Or": np.logical_or,
+    "Not": np.logical_not,
+}
+# Ops that pass an index's values on as they are, only moved or repeated (``_relative_reads``); a ``Slice`` too where it
+# keeps all (``_slices_nothing``).
+_RELATIVE_MOVES = frozenset({"Identity", "Squeeze", "Unsqueeze", "Expand", "Transpose"})
+
+
+def _relative_end(positions: ir.Value, first: int) -> int | None:
+    """The shortest length ``L`` at which positions ``Range(first, L)`` (``_table_extents``), turned by the graph into
+    an index of pairs of them, read the last row of what that index reads, and its first where a ``Clip`` or ``Max``
+    bounds it from below (``_relative_reads``): DeBERTa's relative table, ``rel_embeddings`` projected into
+    content-to-position scores ``[.., q, 2 span]`` and picked by ``GatherElements`` at ``clip(q - k + span, 0, 2 span -
+    1)`` (log-bucketed in -v3), reads its last row only where tokens are ``span - 1`` apart and its first where they
+    are ``span`` apart the other way (201 tokens for 400 rows, past the generated sets' 192), and a rewrite wrong only
+    there verified until review s77 (xtab). None where no length up to ``_LONGEST_RELATIVE`` reads it, or the
+    positions reach no such index. The index is evaluated at the first and last positions alone: a function that
+    grows with the distance of two tokens (a clip, a bucket) takes its extremes there, and one that does not is found
+    later, not sooner (the length found still reads the rows)."""
+
+    if not _reaches_an_index(positions):  # nothing to evaluate (nor constants to compute on ONNX Runtime for it)
+        return None
+    # The dynamo exporter counts the query's and the key's positions by a ``Range`` each, over one length.
+    producer = positions.producer()
+    graph, limit = (producer.graph, _length_source(producer.inputs[1])) if producer is not None else (None, None)
+    counted = [positions]
+    for node in graph if graph is not None and limit is not None else ():
+        if node.op_type == "Range" and is_onnx_domain(node) and node.outputs[0] is not positions:
+            if _length_source(node.inputs[1]) is limit and [
+                _folded_ints(v) for v in (node.inputs[0], node.inputs[2])
+            ] == [
+                [first],
+                [1],
+            ]:
+                counted.append(node.outputs[0])
+
+    def reached(length: int) -> bool:
+        reads = _relative_reads(counted, first, length)
+        return any(top >= last and (low is None or least <= low) for top, last, least, low in reads)
+
+    if not reached(_LONGEST_RELATIVE):
+        return None
+    low, high = first + 1, _LONGEST_RELATIVE
+    while low < high:  # the largest index grows with the length: the first length that reaches the row
+        middle = (low + high) // 2
+        low, high = (low, middle) if reached(middle) else (middle + 1, high)
+    return low
+
+
+def _reaches_an_index(positions: ir.Value) -> bool:
+    """Whether ``positions`` reach the index of a ``Gather`` or ``GatherElements`` through ops ``_evaluated`` reads
+    (``_relative_end``), whatever their other operands."""
+    followed = {*_RELATIVE_OPS, *_RELATIVE_MOVES, "Cast", "CastLike", "Clip", "Div", "Slice"}
+    for node, index in _uses_reached(positions, lambda node, _: is_onnx_domain(node) and node.op_type in followed):
+        if is_onnx_domain(node) and node.op_type in ("Gather", "GatherElements") and index == 1:
+            return True
+    return False
+
+
+def _relative_reads(positions: list[ir.Value], first: int, length: int) -> list[tuple[int, int, int, int | None]]:
+    """``(largest index, last row, least index, first row)`` for each ``Gather`` or ``GatherElements`` that reads an
+    index computed from ``positions``, each ``Range(first, length)`` (``_relative_end``), and constants alone,
+    evaluated with the positions at their first and last values: through ``_RELATIVE_OPS``, casts, ``Clip`` and
+    ``_RELATIVE_MOVES``. The last row is the least of the data's axis's (``_axis_size``) and the bound a ``Clip`` or
+    ``Min`` puts on the index on the way; the first row the bound a ``Clip`` or ``Max`` puts under it, None where none
+    does."""
+    known: dict[int, np.ndarray] = {id(value): np.array([first, length - 1], np.int64) for value in positions}
+    tops: dict[int, tuple[int | None, int | None]] = {id(value): (None, None) for value in positions}
+    reads = []
+    pending = list(positions)
+    with np.errstate(all="ignore"):
+        while pending:
+            value = pending.pop()
+            for node, index in value.uses():
+                if not is_onnx_domain(node) or len(node.outputs) != 1 or id(node.outputs[0]) in known:
+                    continue
+                if node.op_type in ("Gather", "GatherElements") and index == 1 and len(node.inputs) == 2:
+                    axis = node.attributes.get_int("axis", 0)
+                    rows, (top, bottom) = _axis_size(node.inputs[0], axis), tops[id(value)]
+                    bounds = [bound - 1 for bound in (rows,) if bound] + ([top] if top is not None else [])
+                    if bounds and (index := known[id(value)]).dtype.kind in "iu" and index.size:
+                        reads.append((int(index.max()), min(bounds), int(index.min()), bottom))
+                    continue
+                if (evaluated := _evaluated(node, known, tops)) is not None:
+                    known[id(node.outputs[0])], tops[id(node.outputs[0])] = evaluated
+                    pending.append(node.outputs[0])
+    return reads
+
+
+def _evaluated(
+    node: ir.Node, known: dict[int, np.ndarray], tops: dict[int, tuple[int | None, int | None]]
+) -> tuple[np.ndarray, tuple[int | None, int | None]] | None:
+    """What ``node`` computes from the values ``known`` holds and constants (``_relative_reads``), with the bounds
+    ``tops`` says it keeps its values within (above, below; None where none is); None where it is none that walk
+    evaluates, or reads what it cannot."""
+    operands = []
+    for value in node.inputs:
+        if value is None:
+            operands.append(None)
+        elif id(value) in known:
+            operands.append(known[id(value)])
+        elif (tensor := ir.convenience.get_const_tensor(value)) is not None:
+            operands.append(tensor.numpy())
+        elif (array := constant_value(value)) is not None:  # computed from constants: dynamo's ``log(lifted)``
+            operands.append(array)
+        elif node.op_type in ("Expand", "Slice") and value is not node.inputs[0]:
+            operands.append(None)  # a shape or an end the lengths give: the data is passed on
+        else:
+            return None
+    data, none = operands[0], (None, None)
+    top = tops.get(id(node.inputs[0]), none) if node.inputs[0] is not None else none
+    if data is None:
+        return None
+    if node.op_type == "Cast":
+        to = ir.DataType(node.attributes.get_int("to", ir.DataType.INT64))
+        return data.astype(to.numpy()), top if to.is_integer() else none
+    if node.op_type == "CastLike" and len(operands) == 2 and operands[1] is not None:
+        return data.astype(operands[1].dtype), top if operands[1].dtype.kind in "iu" else none
+    if node.op_type == "Clip":
+        low, high = (operands + [None, None])[1:3]
+        result = np.clip(data, -np.inf if low is None else low, np.inf if high is None else high).astype(data.dtype)
+        bounds = [
+            top[at] if bound is None else _whole(np.asarray(bound).reshape(-1)[0])
+            for at, bound in enumerate((high, low))
+        ]
+        return result, (bounds[0], bounds[1])
+    if node.op_type == "Div" and len(operands) == 2 and operands[1] is not None:
+        if data.dtype.kind in "iu":
+            return np.trunc(data / operands[1]).astype(data.dtype), none
+        return data / operands[1], none
+    if node.op_type == "Slice":
+        return (data, top) if _slices_nothing(node) else None
+    if node.op_type in _RELATIVE_MOVES:
+        if node.op_type in ("Expand", "Identity"):
+            return data, top
+        axes = operands[1] if len(operands) > 1 else None
+        axes = node.attributes.get_ints("axes", None) if axes is None else np.reshape(axes, -1).tolist()
+        try:
+            if node.op_type == "Unsqueeze":
+                return None if axes is None else (np.expand_dims(data, tuple(axes)), top)
+            if node.op_type == "Squeeze":
+                return np.squeeze(data, None if axes is None else tuple(axes)), top
+            return np.transpose(data, node.attributes.get_ints("perm", None)), top
+        except ValueError:  # axes the positions, evaluated at two, do not have (numpy's AxisError is one)
+            return None
+    if node.op_type in _RELATIVE_OPS and all(operand is not None for operand in operands):
+        try:
+            result = _RELATIVE_OPS[node.op_type](*operands)
+        except ValueError:  # shapes that do not broadcast
+            return None
+        if node.op_type in ("Min", "Max") and len(operands) == 2 and id(node.inputs[1]) not in known:
+            bound = _whole(np.min(operands[1]) if node.op_type == "Min" else np.max(operands[1]))
+            return np.asarray(result), (bound, top[1]) if node.op_type == "Min" else (top[0], bound)
+        return np.asarray(result), none
+    return None
+
+
+def _whole(number: Any) -> int | None:
+    """``number`` as an int, or None where it is no finite number (a ``Clip`` to infinity bounds nothing)."""
+    return int(number) if np.isfinite(number) else None
+
+
+def _slices_nothing(node: ir.Node) -> bool:
+    """Whether a ``Slice`` (``_evaluated``) starts at 0 by steps of 1 to an end the lengths give (DeBERTa's
+    ``rel_pos_ids[:query_size, :]``) or past the longest length looked for (the dynamo exporter's ``[:]``), keeping
+    what it reads whole."""
+    inputs = [*node.inputs, None, None][:5]
+    starts, steps = _folded_ints(inputs[1]), _folded_ints(inputs[4]) if inputs[4] is not None else [1]
+    ends = _folded_ints(inputs[2])
+    return (
+        starts is not None
+        and not any(starts)
+        and steps is not None
+        and all(step == 1 for step in steps)
+        and (ends is None or all(end >= _LONGEST_RELATIVE for end in ends))
+    )
+
+
+def _length_source(value: ir.Value | None) -> ir.Value | None:
+    """The value a length ``value`` is cast, squeezed or reshaped from (``_relative_end``)."""
+    for _ in range(8):
+        node = value.producer() if value is not None else None
+        if node is None or not is_onnx_domain(node) or node.op_type not in _ORDER_KEEPING_OPS or not node.inputs:
+            return value
+        value = node.inputs[0]
+    return value
+
+
+def _axis_size(value: ir.Value | None, axis: int) -> int | None:
+    """The size of ``value``'s ``axis`` where it is provable: recorded or a constant's, or the last of a ``MatMul`` by a
+    constant (``_relative_reads``: the scores a relative table projected into)."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    shape = list(tensor.shape) if tensor is not None else list(value.shape) if value.shape is not None else None
+    if shape is not None:
+        size = shape[axis] if -len(shape) <= axis < len(shape) else None
+        return size if isinstance(size, int) else None
+    node, rank = value.producer(), _known_rank(value)
+    if node is None or not is_onnx_domain(node) or node.op_type != "MatMul" or not rank or axis % rank != rank - 1:
+        return None
+    weight = ir.convenience.get_const_tensor(node.inputs[1]) if node.inputs[1] is not None else None
+    return int(weight.shape[-1]) if weight is not None and len(weight.shape) >= 2 else None
 
 
 # Ops that pass positions on to a rotary's ``position_ids`` as they are (``_rotary_cache_rows``): casts, reshapes and

@@ -12,14 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 76, and the README words that name its limit.
-_NAMED: dict[str, str] = {
-    "test_a_relative_tables_last_row_is_read": "A relative table is not reached so: DeBERTa's `rel_embeddings`",
-    "test_a_legacy_roformers_sinusoidal_table_is_read_to_its_last_row": (
-        "The legacy exporter's RoFormer reads its sinusoidal table's length off the embeddings' output, "
-        "`Shape(LayerNorm(words + token types))[1]`, which is not followed: its table gets no set at its end, so a "
-        "rewrite wrong only in its last row is verified"
-    ),
-}
+_NAMED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from unittest import mock
 
 import numpy as np
 import onnx_ir as ir
-import pytest
 
 import optimizer.api as api
 from optimizer import registry
@@ -198,12 +197,9 @@ def _length_off_normalized_rows(path) -> None:
     ir.save(ir.Model(graph, ir_version=8), path)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="a length read off the embeddings' normalized sum (legacy RoFormer) is not followed (README)"
-)
 def test_a_legacy_roformers_sinusoidal_table_is_read_to_its_last_row(tmp_path):
     path = tmp_path / "legacy_roformer.onnx"
     _length_off_normalized_rows(path)
     # The dynamo export of the same RoFormer reads the length off ``input_ids`` and gives 256 (checked in review s76
-    # xfix4); the legacy one reads it past an ``Add`` and a ``LayerNormalization``, which the walk does not follow.
+    # xfix4); the legacy one reads it past an ``Add`` and a ``LayerNormalization``, not followed until review s77 xtab.
     assert position_table_lengths(ir.load(path)) == {"sequence": 256}
