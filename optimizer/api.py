@@ -36,6 +36,7 @@ from optimizer.errors import (
 )
 from optimizer.generation import recognise_causal_lm, with_model_cache
 from optimizer.inputs import (
+    _LENGTH_NAME,
     DEFAULT_SEQUENCE,
     GeneratedLengths,
     alternate_binding,
@@ -1466,10 +1467,14 @@ def _lengths_a_rewrite_compares(
     # window, whose query's keys are one more than the window (ONNX Runtime's CPU kernel keeps the last ``window``,
     # checked on 1.32: equal to no window at ``window`` keys, not at one more); the generated sets end at 512
     # positions, and a window of 1,024 the model does not have verified until review s77 xbag.
+    # Where the model has no past (a prompt alone), a prompt one token longer than the window, at each length the first
+    # set binds: drawn over decoders' totals alone, a window of 300 given a ``GroupQueryAttention`` with no cache,
+    # past every 257-token set, verified unsaid until review s77 late77a.
+    prompts = [name for name in base if _LENGTH_NAME.search(name)] if not totals else []
     wanted += [
         (name, window + 1, f"one key past the sliding window of {window} the rewrite changed")
         for window in rewritten_windows(before, candidate)
-        for name in totals
+        for name in [*totals, *prompts]
     ]
     wanted += own
     sets: list[tuple[dict[str, np.ndarray], str]] = []

@@ -2875,6 +2875,11 @@ class Verifier:
             # ids, they raised OverflowError, and the pass failed (review s75 late75g).
             missing = [row for row in rows if row not in reached and row <= np.iinfo(ids.dtype).max]
             read = any(row in reached for row in rows)
+            # The rows a set reads alone (every kept token of it): a row the draws read, but only beside others, was
+            # never read so (a table of 8 rows, each in every sample of 128 tokens: a swap of two in a max-pooled bag
+            # verified until review s77 late77a).
+            read_alone = self._rows_read_alone(name)
+            lonely = [row for row in rows if row <= np.iinfo(ids.dtype).max and row not in read_alone]
             # Each row alone in a sample (every kept token of it) of the first set with a sample for each: read
             # together in one, a swap of two rows hid in a model that max-pools its tokens' rows (or pools them another
             # way their order does not change), and it was verified until review s76 xfix2. Every token, not one
@@ -2900,13 +2905,22 @@ class Verifier:
             # left-padded set read the rows a pass swapped there, and it was verified until review s76 late76a).
             padding = paddings(first, self.masks).get(ids.shape)
             kept = np.flatnonzero(~padding.reshape(-1)) if padding is not None else np.arange(ids.size)
-            if not missing or (len(missing) > kept.size and read) or kept.size == 0:
+            if kept.size == 0 or (len(missing) > kept.size and read):
                 continue
             # A set of the first's sizes for each row, every kept token that row, unless a sample of one read it alone
             # above: more rows than any set has samples shared one (three rows rotated in a max-pooled bag), and rows
             # each in a sample of one set were pooled together by a model that pools across its batch too; a swap of
-            # them verified in both until review s77 xbag.
-            alone_rows = [] if alone is not None and len(alone[1]) == 1 else list(missing)
+            # them verified in both until review s77 xbag. Of a table changed in more rows than a set holds ids (a
+            # scale folded into it), those no set reads alone.
+            unread = set(missing)
+            if len(rows) > kept.size:
+                lonely = [row for row in lonely if row in unread]
+            if alone is not None and len(alone[1]) == 1:
+                lonely = [row for row in lonely if row not in unread]
+            if not missing:
+                if note := self._reach_rows_alone(name, table, lonely, kept):
+                    notes.append(note)
+                continue
             if len(missing) > kept.size:
                 # More rows than the set holds ids, none of them read: as many as it holds, spread over them (300
                 # rows of 30,522 shifted by one, past the 128 ids a set held, were left to draws that missed them
@@ -2921,9 +2935,23 @@ class Verifier:
             reaching.reshape(-1)[kept[: len(written)]] = written.astype(ids.dtype)
             if note := self._reach_rows(0, name, table, missing, reaching):
                 notes.append(note)
-            if note := self._reach_rows_alone(name, table, alone_rows, kept):
+            if note := self._reach_rows_alone(name, table, lonely, kept):
                 notes.append(note)
         return "; ".join(notes)
+
+    def _rows_read_alone(self, name: str) -> set[int]:
+        """The ids that an input set's ``name`` holds alone, one at every token its masks keep
+        (``reach_rewritten_rows``)."""
+        found: set[int] = set()
+        for inputs in self.input_sets:
+            ids = inputs.get(name)
+            if not isinstance(ids, np.ndarray) or ids.dtype.kind not in "iu" or ids.size == 0:
+                continue
+            padding = paddings(inputs, self.masks).get(ids.shape)
+            read = np.unique(ids[~padding] if padding is not None else ids)
+            if read.size == 1:
+                found.add(int(read[0]))
+        return found
 
     def _reach_rows_alone(self, name: str, table: str, rows: list[int], kept: np.ndarray) -> str:
         """Add a copy of the first input set for each of ``rows`` of ``table`` (``_ROWS_READ_ALONE`` at most, spread
@@ -2932,21 +2960,31 @@ class Verifier:
         chosen = rows
         if len(rows) > _ROWS_READ_ALONE:
             chosen = [rows[index] for index in np.linspace(0, len(rows) - 1, _ROWS_READ_ALONE).round().astype(int)]
-        added = []
+        added, dropped = [], len(self.dropped)
         for row in chosen:
             reaching = np.array(self.input_sets[0][name], copy=True)
             reaching.reshape(-1)[kept] = row
             label = f"{self.labels[0]}, {name} reading row {row} of {table!r} alone, which the pass changed"
             if self._add_reaching_set({**self.input_sets[0], name: reaching}, label):
                 added.append(row)
-        if not added:
-            return ""
-        shown = ", ".join(str(row) for row in added)
-        note = f"also checked on {self.labels[0]} with {name} reading each of rows {shown} of {table!r} alone"
-        note += ", a set each"
-        if left := len(rows) - len(chosen):
-            note += f"; {left} other changed rows were read alone in none ({_ROWS_READ_ALONE} sets at most)"
-        return note
+        notes = self.dropped[dropped:][:1]  # why a set was not used (``_reach_rows``), the first
+        if (more := len(self.dropped) - dropped - 1) > 0:
+            notes[0] += f" (and {more} other set{'s' if more > 1 else ''} reading a row alone)"
+        if added:
+            shown = ", ".join(str(row) for row in added)
+            notes.insert(
+                0, f"also checked on {self.labels[0]} with {name} reading each of rows {shown} of {table!r} alone"
+            )
+            notes[0] += ", a set each"
+        if (left := [row for row in rows if row not in chosen]) and notes:
+            # Read only beside other rows: a model that pools its tokens' rows (a max) hides a rewrite wrong in them,
+            # and the note said only how many (review s77 late77a).
+            shown = ", ".join(str(row) for row in left[:8]) + (", ..." if len(left) > 8 else "")
+            notes.append(
+                f"{len(left)} other changed rows were read alone in none ({_ROWS_READ_ALONE} sets at most): rows "
+                f"{shown} of {table!r}, not verified where a model pools them with others (a max over its tokens)"
+            )
+        return "; ".join(notes)
 
     def _kept_samples(self, inputs: Mapping[str, np.ndarray], name: str, dtype: np.dtype) -> list[np.ndarray]:
         """The flat positions of ``inputs[name]`` (ids of ``dtype``, at least two axes) that its masks keep, one array
@@ -2983,8 +3021,11 @@ class Verifier:
         note saying so, or "" where the original or the base refuses it (``reach_rewritten_rows``)."""
         shown = ", ".join(str(row) for row in rows[:4]) + (", ..." if len(rows) > 4 else "")
         label = f"{self.labels[index]}, {name} reading rows {shown} of {table!r}, which the pass changed"
+        dropped = len(self.dropped)
         if not self._add_reaching_set({**self.input_sets[index], name: reaching}, label):
-            return ""
+            # Why, where the original refused it (ids past a second table's rows): the report's warnings were copied
+            # before the passes ran, and the reason was lost until review s77 late77a.
+            return "; ".join(self.dropped[dropped:])
         return f"also checked on {label} (no input set read those rows)"
 
     def reach_compared_lengths(self, candidate: ir.Model, before: ir.Model) -> tuple[str, str]:
@@ -5158,19 +5199,28 @@ _ROWS_READ_ALONE = 4
 
 def rewritten_windows(before: ir.Model, candidate: ir.Model) -> list[int]:
     """The sliding windows (``local_window_size``, -1 for none) that ``candidate``'s ``GroupQueryAttention`` nodes give
-    and ``before``'s do not, or the reverse, counted: a window is wrong only past its end, and a decoder's generated
-    sets end at 512 positions, so a rewrite that gave the attention a window of 1,024 the model does not have verified
-    until review s77 xbag (``api._lengths_a_rewrite_compares`` draws a decode step past each)."""
+    and ``before``'s do not, or the reverse: a window is wrong only past its end, and a decoder's generated sets end at
+    512 positions, so a rewrite that gave the attention a window of 1,024 the model does not have verified until review
+    s77 xbag (``api._lengths_a_rewrite_compares`` draws a decode step past each). Node by node, in graph order, where
+    both hold as many, else counted; in model-local functions too: counted, a rewrite that moved a window of 1,024 from
+    one layer to the next (Gemma's local and global layers), and one that took it from a function's, verified until
+    review s77 late77a."""
 
-    def windows(model: ir.Model) -> Counter[int]:
-        return Counter(
+    def windows(model: ir.Model) -> list[int]:
+        graphs = [model.graph, *(function.graph for function in model.functions.values())]
+        return [
             node.attributes.get_int("local_window_size", -1)
-            for node in ir.traversal.RecursiveGraphIterator(model.graph)
+            for graph in graphs
+            for node in ir.traversal.RecursiveGraphIterator(graph)
             if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
-        )
+        ]
 
     read, rewritten = windows(before), windows(candidate)
-    return sorted(window for window in (read - rewritten) + (rewritten - read) if window >= 0)
+    if len(read) == len(rewritten):
+        changed = {window for pair in zip(read, rewritten) if pair[0] != pair[1] for window in pair}
+    else:
+        changed = set((Counter(read) - Counter(rewritten)) + (Counter(rewritten) - Counter(read)))
+    return sorted(window for window in changed if window >= 0)
 
 
 def _lookups(node: ir.Node) -> tuple[tuple[int, int], ...]:

@@ -12,7 +12,12 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 77, and the README words that name its limit.
-_NAMED: dict[str, str] = {}
+_NAMED: dict[str, str] = {
+    "test_a_rewrite_wrong_only_in_a_changed_row_past_the_cap_is_rolled_back": (
+        "a rewrite wrong only in a changed row read alone in no set (the fifth of six, halved, in a max-pooled bag) is "
+        "verified (a strict xfail in `tests/test_review_s77_late77a.py`)"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
