@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -747,6 +748,21 @@ _MOSTLY_INPUT = 0.5
 # to score: an fp16 rewrite's rounding of an output that is its input would read a cosine of 0.
 _ADDED_FLOOR = 1e-6
 
+# An input of more axes than this is read in an output's shape only reshaped: its axes' orders grow as a factorial.
+_PERMUTED_AXES = 5
+
+
+def _views(x: np.ndarray, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
+    """``x`` read in an output's ``shape``: reshaped (``y [batch, 48]`` from ``x [batch, 3, 16]``), and each order of
+    its axes that gives that shape (an output laid out ``[batch, 8, 8, 3]`` from ``x [batch, 3, 8, 8]``, or its height
+    and width swapped: left unmatched, a rewrite dropping what such an output adds to its input, 1 % of it, met
+    --min-cosine 0.99, review s77 late77b)."""
+    yield x.reshape(shape)
+    if x.ndim == len(shape) and x.ndim <= _PERMUTED_AXES:
+        for order in itertools.permutations(range(x.ndim)):
+            if order != tuple(range(x.ndim)) and tuple(x.shape[axis] for axis in order) == tuple(shape):
+                yield np.transpose(x, order)
+
 
 def with_residuals(
     inputs: Mapping[str, Any],
@@ -758,10 +774,11 @@ def with_residuals(
     """``before`` and ``after`` (two models' outputs, run on ``inputs``) with, beside each float output that the
     original's run ``before`` puts within ``_MOSTLY_INPUT`` of its norm of a float input of as many values, read in
     the output's shape (the same shape, or a ``Reshape``/``Flatten`` of it: ``y [batch, 48]`` from ``x [batch, 3,
-    16]``, review s76 late76j; the nearest, where several are), that output less the input at the scale the
-    original's run gives it (``a``, the least-squares scale of the input in the original's output; 1 for ``x + d``,
-    0.95 for an alpha blend ``0.95 x + d``) in both (``residual_key``): the part the model adds, which ``paired_drift``
-    scores on its own where every run has it, where further than ``_ADDED_FLOOR`` of the output from ``a x``.
+    16]``, review s76 late76j, or its axes in another order, ``_views``; the nearest, where several are), that output
+    less the input at the scale the original's run gives it (``a``, the least-squares scale of the input in the
+    original's output; 1 for ``x + d``, 0.95 for an alpha blend ``0.95 x + d``) in both (``residual_key``): the part
+    the model adds, which ``paired_drift`` scores on its own where every run has it, where further than
+    ``_ADDED_FLOOR`` of the output from ``a x``.
     Given ``unchanged``, a run on which the original adds nothing so (an output within ``_ADDED_FLOOR`` of its input
     scaled: a batch of gates of 0) gives that part as zeros in both, which ``paired_drift`` scores on no sample but
     counts as a run that has it: the part is scored on the other runs (left out, a batch to which the original added
@@ -795,16 +812,22 @@ def with_residuals(
         padded = (e == 0) & (a == 0)
         with np.errstate(invalid="ignore", over="ignore"):
             norm = float(np.linalg.norm(e))
-            distances = {
-                source: float(np.linalg.norm(np.where(padded, 0.0, e - x.reshape(e.shape))))
-                for source, x in floats.items()
-                if x.size == expected.size
-            }
+            # Each input read in the output's shape: as it is laid out, or, where that is not mostly the output, the
+            # nearest order of its axes.
+            views: dict[str, tuple[float, np.ndarray]] = {}
+            for source, x in floats.items():
+                for view in _views(x, e.shape) if x.size == expected.size else ():
+                    distance = float(np.linalg.norm(np.where(padded, 0.0, e - view)))
+                    if source not in views or distance < views[source][0]:
+                        views[source] = (distance, view)
+                    if distance <= _MOSTLY_INPUT * norm:
+                        break
+        distances = {source: distance for source, (distance, _) in views.items()}
         near = {source: d for source, d in distances.items() if math.isfinite(d) and d <= _MOSTLY_INPUT * norm}
         if not near or not math.isfinite(norm):
             continue
         source = min(near, key=near.__getitem__)
-        x = floats[source].reshape(e.shape)
+        x = views[source][1]
         # Where the original adds nothing (its value is the input's: a gate of 0, a sample left as it is) there is no
         # part to score, the output's own score holds it: against a rewrite's rounding it read a cosine of 0, and an
         # fp16-like rewrite rolled back (review s76 late76j).
@@ -828,6 +851,28 @@ def with_residuals(
         added_before[key] = np.where(zeroed, 0.0, e - scaled)
         added_after[key] = np.where(zeroed, 0.0, a - scaled)
     return added_before, added_after
+
+
+def _rows_adding(part: np.ndarray, output: np.ndarray) -> np.ndarray:
+    """Which samples (rows along axis 0) of ``part``, what the original's ``output`` adds to an input it mostly is
+    (``with_residuals``), hold any: not zeros (the original's output is its input there, ``with_residuals`` zeroed
+    it), nor, where every such row shares one, within ``_ADDED_FLOOR`` of that row of the output the input at another
+    scale than the run's (samples of an alpha blend ``0.95 x + g d`` whose gate is 0). Such a row's part is what is
+    left of fitting one scale to the whole run (``(0.95 - a) x``), about 1e-3 of the output where ``d`` is at right
+    angles to ``x``: against an fp16 rewrite's rounding it read a cosine of -1, and rolled the rewrite back (review s77
+    late77b)."""
+    part, output = part.reshape(len(part), -1), output.reshape(len(output), -1)
+    scaled = output - part  # the input at the run's scale (or as it is, where the part was zeroed)
+    square = np.sum(scaled * scaled, axis=1)
+    fit = np.divide(np.sum(part * scaled, axis=1), square, out=np.zeros(len(part)), where=square > 0)
+    left = np.linalg.norm(part - fit[:, np.newaxis] * scaled, axis=1)
+    rows = (part != 0).any(axis=1)
+    nothing = rows & (left <= _ADDED_FLOOR * np.linalg.norm(output, axis=1))
+    # Only where those rows share one scale, the model's (a blend's alpha): a scale of each sample's own is a gain
+    # computed from it (``x (1 + g)``), what the model adds; left out, a rewrite dropping it read only its norm ratio.
+    if nothing.any() and np.ptp(fit[nothing]) <= _ADDED_FLOOR:
+        rows &= ~nothing
+    return rows
 
 
 def output_drift(
@@ -911,7 +956,7 @@ def paired_drift(
     A float output whose part added to an input (``residual_key``, ``with_residuals``) every run gives beside it is
     scored as it is and that part as an output of its own (``residual_name``), the worse counting: ``Drift.scored_less``
     names each, ``Drift.added`` the one of the worst score. A sample whose part is zeros in both runs (the original adds
-    nothing there) is no sample of it.
+    nothing there), or the input at one scale every such sample shares (``_rows_adding``), is no sample of it.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -1052,7 +1097,7 @@ def paired_drift(
                     if not (e.any() or a.any()):
                         continue
                     if e.ndim > 1 and e.size != len(e):
-                        rows = (e != 0).reshape(len(e), -1).any(axis=1) | (a != 0).reshape(len(a), -1).any(axis=1)
+                        rows = _rows_adding(e, parts[0][1])
                         e, a = e[rows], a[rows]
                 if e.ndim <= 1 or e.size == len(e):
                     sums = single.setdefault(scored_name, [0.0, 0.0])

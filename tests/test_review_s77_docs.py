@@ -17,6 +17,9 @@ _NAMED: dict[str, str] = {
         "a rewrite wrong only in a changed row read alone in no set (the fifth of six, halved, in a max-pooled bag) is "
         "verified (a strict xfail in `tests/test_review_s77_late77a.py`)"
     ),
+    "test_a_part_added_to_its_input_scaled_per_channel_is_scored_on_its_own": (
+        "One scale is fitted per batch, not one per channel: a part added to its input scaled per channel"
+    ),
 }
 
 
