@@ -1355,7 +1355,8 @@ def _sets_together(
     ``sized`` gives the sizes of, with their labels (``why`` says what the lengths are): up to
     ``_LENGTHS_TOGETHER_SETS``, within ``max_positions`` and ``most`` bytes, not a dim ``dims`` fixes nor a decoder's
     mask length (``cache_length_dims``, drawn one at a time as a decode step). The ways left out (past those limits,
-    or past the sets) go in ``undrawn`` (why in ``limits``), named by their lengths or counted."""
+    or past the sets) go in ``undrawn`` (why in ``limits``), named by their lengths or counted (pairs, and where three
+    or more dims are compared the ways of all of them at once, since review s77 late77c)."""
     names = [name for name in base if name not in (dims or {})]
     found, more = lengths_together(compares, sized, names, before, 2 * _LENGTHS_TOGETHER_SETS)
     totals = cache_length_dims(model)
@@ -1389,7 +1390,7 @@ def _sets_together(
         shown = _in_words([f"'{key}' at {lengths[key]}" for key in keys])
         sets.append((inputs, f"generated, {shown}, {why} ({_shapes(model, inputs)}){how}"))
     if more:
-        undrawn[f"{more} more pairs of ways of two lengths together"] = []
+        undrawn[f"{more} more pairs of ways of two lengths, or ways of three or more at once, together"] = []
         limits[f"{_LENGTHS_TOGETHER_SETS} sets of lengths together at most"] = None
     return sets
 

@@ -40,6 +40,7 @@ this module); ``optimizer.api`` adds the verification sets that hold the constan
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -1366,7 +1367,7 @@ def compared_lengths(
     a length for each way the comparisons of one dim go together that no held length (nor one kept) goes: ``2 <= L``
     and ``L < 4`` beside 1 and 128, whose sides each held apart, at 2 (``_lengths_between``; a rewrite that branched
     there verified until review s76 xfix2)."""
-    found, compared = _compared_sides(model, held, sizes, bindings)
+    found, compared, _ = _compared_sides(model, held, sizes, bindings)
     for key, sides in compared.items() if between else ():
         kept = found.setdefault(key, {})
         kept.update(dict.fromkeys(_lengths_between(sides, (held or {}).get(key, ()), kept)))
@@ -1383,18 +1384,23 @@ def _compared_sides(
     held: Mapping[str, Collection[int]] | None = None,
     sizes: Mapping[str, int] | None = None,
     bindings: Sequence[Mapping[str, int]] | None = None,
-) -> tuple[dict[Any, dict[int, None]], dict[Any, _Sides]]:
-    """The one walk of ``compared_lengths``: the lengths it finds by dim (without ``between``), and by dim each
-    comparison with a constant (``_Sides``)."""
+) -> tuple[dict[Any, dict[int, None]], dict[Any, _Sides], dict[Any, list[frozenset[str]]]]:
+    """The one walk of ``compared_lengths``: the lengths it finds by dim (without ``between``), by dim each
+    comparison with a constant (``_Sides``), and beside each the other dims a product of lengths took at their
+    ``sizes`` there (``_Product``; empty where none)."""
     found: dict[Any, dict[int, None]] = {}
     compared: dict[Any, _Sides] = {}
+    products: dict[Any, list[frozenset[str]]] = {}
     meets: list[_Met] = []
     starts = _length_starts(model, sizes)  # each walk's start and the elements it holds
     multiplied: set[int] = set()
     while starts:
         start, elements = starts.pop(0)
         for key, lengths, side in _lengths_compared(start, elements, sizes, meets):
+            of = key.of if isinstance(key, _Product) else frozenset()
+            key = str(key) if isinstance(key, _Product) else key
             if key is not None:
+                products.setdefault(key, []).append(of)
                 sides = {side(n) for n in (held or {}).get(key, ())}
                 kept = [n for n in lengths if 1 <= n <= _LONGEST_COMPARED_LENGTH and side(n) not in sides]
                 found.setdefault(key, {}).update(dict.fromkeys(kept))
@@ -1405,8 +1411,8 @@ def _compared_sides(
                 multiplied.add(id(node))
                 starts.append((node.outputs[0], product))
     for key, lengths in _lengths_met(meets, sizes, bindings):
-        found.setdefault(key, {}).update(dict.fromkeys(lengths))
-    return found, compared
+        found.setdefault(str(key) if isinstance(key, _Product) else key, {}).update(dict.fromkeys(lengths))
+    return found, compared, products
 
 
 def _lengths_between(
@@ -1465,16 +1471,21 @@ def lengths_together(
     ``model`` goes a way ``before`` does not on one dim or both: the others are left to the original's sets. Each way
     is drawn at the first set's length where it goes that way, else at the shortest length of a binding that does,
     else at the shortest of the lengths the comparisons tell apart (up to a divisor past them for a remainder, as
-    ``_lengths_between`` looks) that does."""
+    ``_lengths_between`` looks) that does. Where three or more dims are compared, then each way of all of them at once
+    that no binding nor chosen set holds, within ``most`` (the ways fewest bindings hold first), the rest counted too:
+    each pair held, ``B > 1 and L < 6 and C > 2`` was never run, and a rewrite's branch there verified until review
+    s77 (late77c). A product of lengths (``Size(x[B, L]) == 10``) goes its way beside each binding's and set's other
+    sizes, not the first's: 10 elements beside ``B == 2`` were drawn as 10 tokens until that review too."""
     if not bindings or most <= 0:
         return [], 0
     first = bindings[0]
-    compared = _compared_sides(model, None, first, bindings)[1]
+    _, compared, products = _compared_sides(model, None, first, bindings)
     dims = sorted(key for key in compared if isinstance(key, str) and key in names and key in first)
     if len(dims) < 2:
         return [], 0
     prior = _compared_sides(before, None, first, bindings)[1] if before is not None else {}
     ways: dict[str, dict[int, int]] = {}  # by dim, each length's way
+    arrays: dict[str, tuple[np.ndarray, list[int]]] = {}  # by dim, the lengths looked at and each one's way
     shown: dict[str, dict[int, int]] = {}  # by dim, each way's length
     new: set[str] = set()
     fresh: dict[str, set[int]] = {}  # by dim, the ways that split one of ``before``'s: met first
@@ -1492,12 +1503,54 @@ def lengths_together(
             new.add(dim)
             fresh[dim] = split if before is not None else set()
         ways[dim] = dict(zip(lengths, went, strict=True))
+        arrays[dim] = (array, went)
         order = [first[dim], *held, *sorted(told)]
         shown[dim] = {}
         for length in order:
             shown[dim].setdefault(ways[dim][length], length)
     pairs = [(a, b) for i, a in enumerate(dims) for b in dims[i + 1 :] if a in new or b in new]
-    held_ways = [{dim: ways[dim][binding[dim]] for dim in dims if dim in binding} for binding in bindings]
+    # A product of lengths compared (``Size(x[B, L]) == 10``) goes the way its dim's length does only beside the
+    # other dims at the first set's sizes: elsewhere its way is read, and drawn, at the set's (``_ways_scaled``). Read
+    # at the first's, ``B == 2`` and ``Size(x) == 10`` were drawn at (2, 10), never 5 tokens in a batch of 2, and a
+    # rewrite's branch there verified until review s77 (late77c).
+    scaled = [dim for dim in dims if any(products.get(dim, ()))]
+
+    def realized(picked: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int | None]]:
+        # The lengths of a set where each dim goes the way ``picked`` gives (else the first set's), and the ways it
+        # goes (None where a product's can not go the way wanted beside the others' sizes).
+        at = {dim: shown[dim][way] for dim, way in picked.items()}
+        went: dict[str, int | None] = {dim: picked.get(dim, ways[dim][first[dim]]) for dim in dims}
+        for dim in scaled:
+            sizes = {**first, **at}
+            ratios = {_ratio(of, first, sizes) for of in products[dim] if of}
+            if ratios == {1.0}:
+                continue
+            looked = arrays[dim][0].tolist()
+            candidates = [shown[dim][went[dim]]] + sorted(
+                {n for r in ratios if r for t in looked for n in (math.floor(t / r), math.ceil(t / r)) if n >= 1}
+            )
+            goes = way_at(dim, sizes, candidates)
+            length = next((n for n, way in zip(candidates, goes, strict=True) if way == went[dim]), None)
+            if length is None:
+                went[dim] = None
+            elif length != first[dim] or dim in at:
+                at[dim] = length
+        return at, went
+
+    def way_at(dim: str, sizes: Mapping[str, int], candidates: Sequence[int]) -> list[int | None]:
+        if all(sizes.get(other) == first.get(other) for of in products[dim] for other in of):
+            return [ways[dim].get(length) for length in candidates]
+        return _ways_scaled(compared[dim], products[dim], first, sizes, *arrays[dim], candidates)
+
+    held_ways = []
+    for binding in bindings:
+        went = {dim: ways[dim][binding[dim]] for dim in dims if dim in binding}
+        for dim in (dim for dim in scaled if dim in went):
+            if (way := way_at(dim, binding, [binding[dim]])[0]) is None:
+                del went[dim]  # a way none of the lengths looked at goes: held by no pair
+            else:
+                went[dim] = way
+        held_ways.append(went)
     counts = {dim: dict.fromkeys(shown[dim], 0) for dim in dims}
     for went in held_ways:
         for dim, way in went.items():
@@ -1520,6 +1573,7 @@ def lengths_together(
     )
     unmet = set(wanted)
     chosen: list[dict[str, int]] = []
+    full = {tuple(went[dim] for dim in dims) for went in held_ways if len(went) == len(dims)}  # the ways of all held
     for pair in wanted:
         if len(chosen) >= most:
             break
@@ -1533,10 +1587,68 @@ def lengths_together(
             }
             if max(met.values(), default=0) > 0:
                 picked[dim] = max(met, key=lambda way: (met[way], -counts[dim][way]))
-        chosen.append({dim: shown[dim][way] for dim, way in picked.items()})
-        went = {dim: picked.get(dim, ways[dim][first[dim]]) for dim in dims}
-        unmet.difference_update(_ordered(a, went[a], b, went[b]) for a, b in pairs)
-    return chosen, left + len(unmet)
+        at, reached = realized(picked)
+        chosen.append(at)
+        unmet.difference_update(
+            _ordered(a, way_a, b, way_b) for a, b in pairs if None not in (way_a := reached[a], way_b := reached[b])
+        )
+        full.add(tuple(reached[dim] for dim in dims))
+    if len(dims) < 3 or not new:
+        return chosen, left + len(unmet)
+    # Then the ways of all of them at once, where three or more dims are compared: each pair of ways met,
+    # ``B > 1 and L < 6 and C > 2`` beside (1, 5, 128), (2, 257, 256) and (2, 5, 2) was never run, and a rewrite's
+    # branch there verified until review s77 (late77c).
+    total = math.prod(len(shown[dim]) for dim in dims)
+    if total > _MOST_WAYS_TOGETHER:
+        return chosen, left + len(unmet) + total - len(full)
+    unheld = [combo for combo in itertools.product(*(shown[dim] for dim in dims)) if combo not in full]
+    unheld.sort(
+        key=lambda combo: (
+            -sum(way in fresh.get(dim, ()) for dim, way in zip(dims, combo, strict=True)),
+            sum(counts[dim][way] for dim, way in zip(dims, combo, strict=True)),
+        )
+    )
+    taken = unheld[: max(most - len(chosen), 0)]
+    for combo in taken:
+        picked = {dim: way for dim, way in zip(dims, combo, strict=True) if way != ways[dim][first[dim]]}
+        chosen.append(realized(picked)[0])
+    return chosen, left + len(unmet) + len(unheld) - len(taken)
+
+
+def _ratio(of: Collection[str], first: Mapping[str, int], sizes: Mapping[str, int]) -> float | None:
+    """How many times the product of the dims ``of`` at ``sizes`` holds it at ``first``'s sizes, or None where a size
+    is missing or none."""
+    if any(not first.get(dim) or sizes.get(dim) is None for dim in of):
+        return None
+    return math.prod(sizes[dim] / first[dim] for dim in of)
+
+
+def _ways_scaled(
+    sides: _Sides,
+    products: Sequence[frozenset[str]],
+    first: Mapping[str, int],
+    sizes: Mapping[str, int],
+    lengths: np.ndarray,
+    went: Sequence[int],
+    candidates: Sequence[int],
+) -> list[int | None]:
+    """The way (of ``went``, the way each of ``lengths`` goes beside ``first``'s sizes) that each of ``candidates``
+    goes at ``sides`` beside the other dims at ``sizes``, where a side reads a product of lengths (the dims beside it
+    in ``products``, taken at ``first``'s sizes there): None where none of ``lengths`` goes that way, or a size is
+    missing."""
+    ratios = [_ratio(of, first, sizes) for of in products]
+    if None in ratios:
+        return [None] * len(candidates)
+    extra = np.asarray(candidates, np.float64).reshape(-1)
+    columns = [
+        _side_classes(side, np.concatenate([lengths.astype(np.float64), extra * ratio]))
+        for (_, side), ratio in zip(sides, ratios, strict=True)
+    ]
+    joined = _joined_classes(columns, lengths.size + extra.size).tolist()
+    way_of: dict[int, int] = {}
+    for number, way in zip(joined[: lengths.size], went, strict=True):
+        way_of.setdefault(number, way)
+    return [way_of.get(number) for number in joined[lengths.size :]]
 
 
 def _ordered(a: str, way_a: int, b: str, way_b: int) -> tuple[str, int, str, int]:
@@ -2330,7 +2442,21 @@ def _product_of_lengths(
     keys = [key for key, _ in held if key is not None]
     if not keys or keys.count(keys[-1]) > 1 or any(key not in (sizes or {}) for key in keys[:-1]):
         return None
-    return [(keys[-1], float(np.prod([factor for _, factor in held] + [(sizes or {})[key] for key in keys[:-1]])))]
+    of = frozenset(str(key) for key in keys[:-1]).union(*(key.of for key in keys if isinstance(key, _Product)))
+    factor = float(np.prod([factor for _, factor in held] + [(sizes or {})[key] for key in keys[:-1]]))
+    return [(_Product(keys[-1], of) if of else keys[-1], factor)]
+
+
+class _Product(str):
+    """A dim's name where a product of lengths holds it (``_product_of_lengths``), with the other dims the product
+    took at their sizes (``of``): a comparison there goes another way where they do (``lengths_together``)."""
+
+    of: frozenset[str]
+
+    def __new__(cls, name: str, of: frozenset[str]) -> _Product:
+        made = super().__new__(cls, name)
+        made.of = of
+        return made
 
 
 def _free(dim: Any) -> bool:
