@@ -1202,12 +1202,13 @@ def _add_table_ends(
     length: a 4,096-row table took a 1-layer BERT's optimization from 4.5 s and 0.56 GiB to 20 s and 4.4 GiB until
     review s76 tcost) is put in ``undrawn`` (with why in ``limits``) instead. A set the original fails on is dropped
     unsaid: the table was not what ended its lengths. A relative table's end (``position_table_lengths``' ``relative``)
-    is held by a longer set too where no padding mask pads a token. Where positions count the tokens (RoBERTa's
+    is held by a longer set too where no padding mask pads a token, and drawn a few tokens past the shortest length
+    that reads it only as far as ``max_sequence``. Where positions count the tokens (RoBERTa's
     ``cumsum(input_ids != padding_idx)``), an id drawn at the padding id is moved off it: drawn so, the last token
     counted one short of the table's last row; and a set holds the end only with no such id and no token its mask
     pads (``_holds``)."""
     avoided: dict[str, set[int]] = {}
-    relative: set[str] = set()
+    relative: dict[str, int] = {}
     ends = position_table_lengths(model, avoided, relative)
     if not ends:
         return
@@ -1223,12 +1224,17 @@ def _add_table_ends(
     bound = {name: size for name, size in bound.items() if name in base}
     wanted = {}
     for name, length in ends.items():
+        if name in relative:  # past the shortest length reading its ends (``_relative_end``) as far as sequences run
+            length = max(relative[name], min(length, max_sequence))
         if name in (dims or {}) or name not in base or name in cached or length > max_sequence:
             continue
-        if any(sizes.get(name) == length for sizes in held):
+        if name in relative:
+            # Its ends are read at any longer length too, where no token is padded: the second binding, as long but
+            # padded, read none (its tokens 192 apart at most of 257) and was taken to until review s77 late77d.
+            if any(sizes.get(name, 0) >= length for sizes in unpadded):
+                continue
+        elif any(sizes.get(name) == length for sizes in held):
             continue
-        if name in relative and any(sizes.get(name, 0) >= length for sizes in unpadded):
-            continue  # a relative table's ends are read at any longer length too, where no token is padded
         if length > _LONGEST_TABLE_END:
             undrawn.setdefault(f"'{name}'", []).append(length)
             limits[f"lengths of {_LONGEST_TABLE_END} at most"] = None

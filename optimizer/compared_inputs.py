@@ -1756,7 +1756,7 @@ def _classes_of(values: Sequence[Any]) -> np.ndarray:
 
 
 def position_table_lengths(
-    model: ir.Model, avoided: dict[str, set[int]] | None = None, relative: set[str] | None = None
+    model: ir.Model, avoided: dict[str, set[int]] | None = None, relative: dict[str, int] | None = None
 ) -> dict[str, int]:
     """Each named symbolic dim of an input whose length indexes a constant table along its rows, with the longest
     length that table allows: positions from ``Range(s, L, 1)`` that a ``Gather`` reads a table of T rows by (T), or a
@@ -1776,19 +1776,22 @@ def position_table_lengths(
     hold for every token to count (RoBERTa's padding id; a padding mask's 0, drawn at one row all ones). Also a table
     positions read through an index of pairs of them (``_relative_end``: DeBERTa's relative table, read to its ends
     only by tokens half its rows apart; not followed until review s77), where no table of absolute positions ends the
-    dim, put in ``relative``: any longer length reads it too. The smallest extent where a dim meets several tables;
+    dim, put in ``relative`` with the shortest length that reads its ends (the length given is a few tokens on where
+    the index is clipped, ``_relative_end``): any longer length reads them too. The smallest extent where a dim meets
+    several tables;
     empty where none."""
     found: dict[str, int] = {}
-    reads_pairs: dict[str, int] = {}
+    reads_pairs: dict[str, tuple[int, int]] = {}
     for start, elements in _length_starts(model, sizes_read=False, rows_read=True):
-        for key, rows, past in _table_extents(start, elements):
-            if key and past:  # read at that length or longer: the longest such
-                reads_pairs[key] = max(rows, reads_pairs.get(key, rows))
+        for key, rows, shortest in _table_extents(start, elements):
+            if key and shortest is not None:  # read at that length or longer: the longest such
+                drawn, least = reads_pairs.get(key, (rows, shortest))
+                reads_pairs[key] = (max(rows, drawn), max(shortest, least))
             elif key:  # a named dim: one without a name has no binding to set
                 found[key] = min(rows, found.get(key, rows))
-    for key, rows in reads_pairs.items():  # a table of absolute positions ends the lengths the model runs
+    for key, (rows, shortest) in reads_pairs.items():  # a table of absolute positions ends the lengths the model runs
         if key not in found and relative is not None:
-            relative.add(key)
+            relative[key] = shortest
         found.setdefault(key, rows)
     for key, rows in _offset_rotary_extents(model):
         found[key] = min(rows, found.get(key, rows))
@@ -2054,10 +2057,11 @@ def _token_indicator(value: ir.Value) -> tuple[ir.Value, dict[str, set[int]]] | 
     return None
 
 
-def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int, bool]]:
-    """``(dim, rows, relative)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it
-    holds: ``elements``) indexes along its rows (``position_table_lengths``); ``relative`` where positions reach it
-    only through an index of pairs of them (``_relative_end``): any longer length reads its last row too."""
+def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterator[tuple[Any, int, int | None]]:
+    """``(dim, rows, shortest)`` for each table one element of ``shape`` (a ``Shape``'s output, each element the dim it
+    holds: ``elements``) indexes along its rows (``position_table_lengths``); ``shortest`` where positions reach it
+    only through an index of pairs of them (``_relative_end``), the shortest length reading its ends (any longer
+    length reads them too), None otherwise."""
     pending: list[tuple[ir.Value, list[tuple[Any, float]], _Affine | None]] = [(shape, elements, None)]
     for node, index, held, _ in _length_uses(pending):
         if node.op_type == "Concat" and node.attributes.get_int("axis", 0) in (0, -1):
@@ -2088,18 +2092,20 @@ def _table_extents(shape: ir.Value, elements: list[tuple[Any, float]]) -> Iterat
                 continue
             ends = [_index_range(node.outputs[0]), _rotary_cache_rows(node.outputs[0])]
             if rows := [end for end in ends if end is not None]:
-                yield held[0][0], min(rows), False
-            elif (length := _relative_end(node.outputs[0], first[0])) is not None:
-                yield held[0][0], length, True
+                yield held[0][0], min(rows), None
+            elif (lengths := _relative_end(node.outputs[0], first[0])) is not None:
+                yield held[0][0], *lengths
         elif node.op_type == "Slice" and index == 2 and (rows := _sliced_rows(node)) is not None:
             positions = _index_range(node.outputs[0])
             reached = _first_reaching(node, positions - 1) if positions is not None and positions < rows else None
-            yield held[0][0], rows if reached is None else reached, False
+            yield held[0][0], rows if reached is None else reached, None
 
 
 # The longest length ``_relative_end`` looks for a relative index's end at: past ``_LONGEST_TABLE_END`` of
 # ``optimizer.api`` it is named in the report, not drawn.
 _LONGEST_RELATIVE = 1 << 16
+# Tokens ``_relative_end`` draws past the shortest length that reads a clipped relative index's end rows.
+_RELATIVE_MARGIN = 8
 # Elementwise ops ``_relative_reads`` evaluates as ONNX does (integer ``Div`` truncates, in ``_evaluated``).
 _RELATIVE_OPS: dict[str, Callable[..., np.ndarray]] = {
     "Add": np.add,
@@ -2128,17 +2134,21 @@ _RELATIVE_OPS: dict[str, Callable[..., np.ndarray]] = {
 _RELATIVE_MOVES = frozenset({"Identity", "Squeeze", "Unsqueeze", "Expand", "Transpose"})
 
 
-def _relative_end(positions: ir.Value, first: int) -> int | None:
-    """The shortest length ``L`` at which positions ``Range(first, L)`` (``_table_extents``), turned by the graph into
-    an index of pairs of them, read the last row of what that index reads, and its first where a ``Clip`` or ``Max``
-    bounds it from below (``_relative_reads``): DeBERTa's relative table, ``rel_embeddings`` projected into
+def _relative_end(positions: ir.Value, first: int) -> tuple[int, int] | None:
+    """The length to draw, and the shortest length ``L``, at which positions ``Range(first, L)`` (``_table_extents``),
+    turned by the graph into an index of pairs of them, read the last row of what that index reads and the least row
+    it reads at any length (``_relative_reads``): DeBERTa's relative table, ``rel_embeddings`` projected into
     content-to-position scores ``[.., q, 2 span]`` and picked by ``GatherElements`` at ``clip(q - k + span, 0, 2 span -
     1)`` (log-bucketed in -v3), reads its last row only where tokens are ``span - 1`` apart and its first where they
     are ``span`` apart the other way (201 tokens for 400 rows, past the generated sets' 192), and a rewrite wrong only
-    there verified until review s77 (xtab). None where no length up to ``_LONGEST_RELATIVE`` reads it, or the
-    positions reach no such index. The index is evaluated at the first and last positions alone: a function that
-    grows with the distance of two tokens (a clip, a bucket) takes its extremes there, and one that does not is found
-    later, not sooner (the length found still reads the rows)."""
+    there verified until review s77 (xtab). The least row is the one read at ``_LONGEST_RELATIVE`` where it is no
+    negative one, however the index is bounded: only a ``Clip`` or a ``Max`` with its bound second was read as a bound
+    until review s77 (late77d), and at ``Max(0, x)`` or ``Where(x < 0, 0, x)`` the length found read the last row and
+    not the first. The length drawn is ``_RELATIVE_MARGIN`` tokens on where the index stays within its rows there (a
+    clip: more pairs of tokens read the end rows), the shortest otherwise. None where no length up to
+    ``_LONGEST_RELATIVE`` reads them, or the positions reach no such index. The index is evaluated at the first and
+    last positions alone: a function that grows with the distance of two tokens (a clip, a bucket) takes its extremes
+    there, and one that does not is found later, not sooner (the length found still reads the rows)."""
 
     if not _reaches_an_index(positions):  # nothing to evaluate (nor constants to compute on ONNX Runtime for it)
         return None
@@ -2156,9 +2166,12 @@ def _relative_end(positions: ir.Value, first: int) -> int | None:
             ]:
                 counted.append(node.outputs[0])
 
+    # The least row each index reads at any length; an index that goes negative is bounded by nothing below.
+    lows = {key: least for key, _, _, least in _relative_reads(counted, first, _LONGEST_RELATIVE, limit) if least >= 0}
+
     def reached(length: int) -> bool:
-        reads = _relative_reads(counted, first, length)
-        return any(top >= last and (low is None or least <= low) for top, last, least, low in reads)
+        reads = _relative_reads(counted, first, length, limit)
+        return any(top >= last and least <= lows.get(key, least) for key, top, last, least in reads)
 
     if not reached(_LONGEST_RELATIVE):
         return None
@@ -2166,7 +2179,13 @@ def _relative_end(positions: ir.Value, first: int) -> int | None:
     while low < high:  # the largest index grows with the length: the first length that reaches the row
         middle = (low + high) // 2
         low, high = (low, middle) if reached(middle) else (middle + 1, high)
-    return low
+    # At the shortest length one to three pairs of tokens read each end row, and a rewrite swapping the two moved the
+    # output within float32's tolerance on 2 draws of 30 (review s77 late77d). Where every index stays within its rows
+    # a few tokens on (clipped: the pairs farther apart read the same end rows), 45 pairs read each (caught on 30 of
+    # 30, the error 100 times the tolerance's at least).
+    longer = low + _RELATIVE_MARGIN
+    beyond = _relative_reads(counted, first, longer, limit)
+    return (longer if all(least >= 0 and top <= last for _, top, last, least in beyond) else low), low
 
 
 def _reaches_an_index(positions: ir.Value) -> bool:
@@ -2179,15 +2198,16 @@ def _reaches_an_index(positions: ir.Value) -> bool:
     return False
 
 
-def _relative_reads(positions: list[ir.Value], first: int, length: int) -> list[tuple[int, int, int, int | None]]:
-    """``(largest index, last row, least index, first row)`` for each ``Gather`` or ``GatherElements`` that reads an
-    index computed from ``positions``, each ``Range(first, length)`` (``_relative_end``), and constants alone,
-    evaluated with the positions at their first and last values: through ``_RELATIVE_OPS``, casts, ``Clip`` and
-    ``_RELATIVE_MOVES``. The last row is the least of the data's axis's (``_axis_size``) and the bound a ``Clip`` or
-    ``Min`` puts on the index on the way; the first row the bound a ``Clip`` or ``Max`` puts under it, None where none
-    does."""
+def _relative_reads(
+    positions: list[ir.Value], first: int, length: int, limit: ir.Value | None
+) -> list[tuple[int, int, int, int]]:
+    """``(node, largest index, last row, least index)`` for each ``Gather`` or ``GatherElements`` (``id`` of) that
+    reads an index computed from ``positions``, each ``Range(first, length)`` (``_relative_end``, ``limit`` the value
+    the length is read from), and constants alone, evaluated with the positions at their first and last values:
+    through ``_RELATIVE_OPS``, casts, ``Clip`` and ``_RELATIVE_MOVES``. The last row is the least of the data's axis's
+    (``_axis_size``) and the bound a ``Clip`` or ``Min`` puts on the index on the way."""
     known: dict[int, np.ndarray] = {id(value): np.array([first, length - 1], np.int64) for value in positions}
-    tops: dict[int, tuple[int | None, int | None]] = {id(value): (None, None) for value in positions}
+    tops: dict[int, int | None] = {id(value): None for value in positions}
     reads = []
     pending = list(positions)
     with np.errstate(all="ignore"):
@@ -2198,23 +2218,23 @@ def _relative_reads(positions: list[ir.Value], first: int, length: int) -> list[
                     continue
                 if node.op_type in ("Gather", "GatherElements") and index == 1 and len(node.inputs) == 2:
                     axis = node.attributes.get_int("axis", 0)
-                    rows, (top, bottom) = _axis_size(node.inputs[0], axis), tops[id(value)]
+                    rows, top = _axis_size(node.inputs[0], axis), tops[id(value)]
                     bounds = [bound - 1 for bound in (rows,) if bound] + ([top] if top is not None else [])
                     if bounds and (index := known[id(value)]).dtype.kind in "iu" and index.size:
-                        reads.append((int(index.max()), min(bounds), int(index.min()), bottom))
+                        reads.append((id(node), int(index.max()), min(bounds), int(index.min())))
                     continue
-                if (evaluated := _evaluated(node, known, tops)) is not None:
+                if (evaluated := _evaluated(node, known, tops, limit)) is not None:
                     known[id(node.outputs[0])], tops[id(node.outputs[0])] = evaluated
                     pending.append(node.outputs[0])
     return reads
 
 
 def _evaluated(
-    node: ir.Node, known: dict[int, np.ndarray], tops: dict[int, tuple[int | None, int | None]]
-) -> tuple[np.ndarray, tuple[int | None, int | None]] | None:
-    """What ``node`` computes from the values ``known`` holds and constants (``_relative_reads``), with the bounds
-    ``tops`` says it keeps its values within (above, below; None where none is); None where it is none that walk
-    evaluates, or reads what it cannot."""
+    node: ir.Node, known: dict[int, np.ndarray], tops: dict[int, int | None], limit: ir.Value | None
+) -> tuple[np.ndarray, int | None] | None:
+    """What ``node`` computes from the values ``known`` holds and constants (``_relative_reads``), with the bound
+    ``tops`` says it keeps its values under (None where none is); None where it is none that walk evaluates, or reads
+    what it cannot (a ``Slice`` to an end but ``limit``'s, the positions' length: ``_slices_nothing``)."""
     operands = []
     for value in node.inputs:
         if value is None:
@@ -2229,8 +2249,8 @@ def _evaluated(
             operands.append(None)  # a shape or an end the lengths give: the data is passed on
         else:
             return None
-    data, none = operands[0], (None, None)
-    top = tops.get(id(node.inputs[0]), none) if node.inputs[0] is not None else none
+    data, none = operands[0], None
+    top = tops.get(id(node.inputs[0])) if node.inputs[0] is not None else none
     if data is None:
         return None
     if node.op_type == "Cast":
@@ -2241,17 +2261,13 @@ def _evaluated(
     if node.op_type == "Clip":
         low, high = (operands + [None, None])[1:3]
         result = np.clip(data, -np.inf if low is None else low, np.inf if high is None else high).astype(data.dtype)
-        bounds = [
-            top[at] if bound is None else _whole(np.asarray(bound).reshape(-1)[0])
-            for at, bound in enumerate((high, low))
-        ]
-        return result, (bounds[0], bounds[1])
+        return result, top if high is None else _whole(np.asarray(high).reshape(-1)[0])
     if node.op_type == "Div" and len(operands) == 2 and operands[1] is not None:
         if data.dtype.kind in "iu":
             return np.trunc(data / operands[1]).astype(data.dtype), none
         return data / operands[1], none
     if node.op_type == "Slice":
-        return (data, top) if _slices_nothing(node) else None
+        return (data, top) if _slices_nothing(node, limit) else None
     if node.op_type in _RELATIVE_MOVES:
         if node.op_type in ("Expand", "Identity"):
             return data, top
@@ -2270,9 +2286,14 @@ def _evaluated(
             result = _RELATIVE_OPS[node.op_type](*operands)
         except ValueError:  # shapes that do not broadcast
             return None
-        if node.op_type in ("Min", "Max") and len(operands) == 2 and id(node.inputs[1]) not in known:
-            bound = _whole(np.min(operands[1]) if node.op_type == "Min" else np.max(operands[1]))
-            return np.asarray(result), (bound, top[1]) if node.op_type == "Min" else (top[0], bound)
+        read = [id(value) in known for value in node.inputs]
+        if node.op_type in ("Min", "Max") and len(operands) == 2 and read.count(True) == 1:
+            at = read.index(False)  # the bound, on either side (``Min(2 span - 1, x)``)
+            held = tops.get(id(node.inputs[1 - at]))
+            if node.op_type == "Max":
+                return np.asarray(result), held
+            bound = _whole(np.min(operands[at]))
+            return np.asarray(result), bound if held is None or bound is None else min(bound, held)
         return np.asarray(result), none
     return None
 
@@ -2282,10 +2303,12 @@ def _whole(number: Any) -> int | None:
     return int(number) if np.isfinite(number) else None
 
 
-def _slices_nothing(node: ir.Node) -> bool:
-    """Whether a ``Slice`` (``_evaluated``) starts at 0 by steps of 1 to an end the lengths give (DeBERTa's
-    ``rel_pos_ids[:query_size, :]``) or past the longest length looked for (the dynamo exporter's ``[:]``), keeping
-    what it reads whole."""
+def _slices_nothing(node: ir.Node, limit: ir.Value | None) -> bool:
+    """Whether a ``Slice`` (``_evaluated``) starts at 0 by steps of 1 to the positions' own length (DeBERTa's
+    ``rel_pos_ids[:query_size, :]``, read off the value ``limit`` their ``Range`` reads it off) or past the longest
+    length looked for (the dynamo exporter's ``[:]``), keeping what it reads whole. An end the graph computes
+    otherwise (``L - 1``) was taken to keep all until review s77 (late77d): the length found was one short of the
+    rows' and a set labelled at the table's end read none."""
     inputs = [*node.inputs, None, None][:5]
     starts, steps = _folded_ints(inputs[1]), _folded_ints(inputs[4]) if inputs[4] is not None else [1]
     ends = _folded_ints(inputs[2])
@@ -2294,7 +2317,11 @@ def _slices_nothing(node: ir.Node) -> bool:
         and not any(starts)
         and steps is not None
         and all(step == 1 for step in steps)
-        and (ends is None or all(end >= _LONGEST_RELATIVE for end in ends))
+        and (
+            all(end >= _LONGEST_RELATIVE for end in ends)
+            if ends is not None
+            else limit is not None and _length_source(inputs[2]) is limit
+        )
     )
 
 
