@@ -612,9 +612,13 @@ class Drift:
             said += f" ({self.shared}: scored by its share of equal values, not a cosine)"
         if self.added is not None:
             name, source = self.added
+            # At the scale the original gives the input (``with_residuals``): named ``y − x`` alone, a blend's part
+            # (``0.95 x + d`` less ``0.95 x``) read as if less ``x``, whose cosine a user would find far higher
+            # (review s77 regress).
             said += (
-                f" ({residual_name(name, source)}: what {name} adds to input {source}, which it mostly is, scored on "
-                "its own)"
+                f" ({residual_name(name, source)}: what {name} adds to input {source}, which it mostly is, taken at "
+                f"the scale the original gives {source} in {name} (least squares, 1 for {name} = {source} + d), scored "
+                "on its own)"
             )
         if others := [pair for pair in self.scored_less if pair != self.added]:
             said += " (" + ", ".join(f"{name} scored less input {source} too" for name, source in others) + ")"
