@@ -19,6 +19,7 @@ from optimizer.compared_inputs import (
     equal_copy,
     equalled_inputs,
     held_reductions,
+    lengths_combined,
     lengths_together,
     position_table_lengths,
     reduced_sides,
@@ -1362,9 +1363,13 @@ def _sets_together(
     ``_LENGTHS_TOGETHER_SETS``, within ``max_positions`` and ``most`` bytes, not a dim ``dims`` fixes nor a decoder's
     mask length (``cache_length_dims``, drawn one at a time as a decode step). The ways left out (past those limits,
     or past the sets) go in ``undrawn`` (why in ``limits``), named by their lengths or counted (pairs, and where three
-    or more dims are compared the ways of all of them at once, since review s77 late77c)."""
+    or more dims are compared the ways of all of them at once, since review s77 late77c). Then a sum or product of
+    lengths compared with a constant goes each way its value's comparisons go (``lengths_combined``), within the
+    same sets: not drawn until review s77 xfix77."""
     names = [name for name in base if name not in (dims or {})]
     found, more = lengths_together(compares, sized, names, before, 2 * _LENGTHS_TOGETHER_SETS)
+    combined, left = lengths_combined(compares, sized, names, before, 2 * _LENGTHS_TOGETHER_SETS)
+    found, more = [*found, *combined], more + left
     totals = cache_length_dims(model)
     sets: list[tuple[dict[str, np.ndarray], str]] = []
     for lengths in found:
@@ -1396,7 +1401,9 @@ def _sets_together(
         shown = _in_words([f"'{key}' at {lengths[key]}" for key in keys])
         sets.append((inputs, f"generated, {shown}, {why} ({_shapes(model, inputs)}){how}"))
     if more:
-        undrawn[f"{more} more pairs of ways of two lengths, or ways of three or more at once, together"] = []
+        undrawn[
+            f"{more} more pairs of ways of two lengths, ways of three or more at once, or of a sum or product, together"
+        ] = []
         limits[f"{_LENGTHS_TOGETHER_SETS} sets of lengths together at most"] = None
     return sets
 

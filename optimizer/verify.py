@@ -2984,7 +2984,53 @@ class Verifier:
                 f"{len(left)} other changed rows were read alone in none ({_ROWS_READ_ALONE} sets at most): rows "
                 f"{shown} of {table!r}, not verified where a model pools them with others (a max over its tokens)"
             )
+        if left and (apart := self._reach_rows_apart(name, table, left)):
+            # Past the sets of one row, one set of a sample for each further row, every kept token of it that row, where
+            # the graph keeps its samples apart (``_samples_kept_apart``): read only beside others, a row halved past
+            # the four hid behind a max over its tokens, and verified until review s77 xfix77.
+            notes.append(apart)
         return "; ".join(notes)
+
+    def _reach_rows_apart(self, name: str, table: str, rows: list[int]) -> str | None:
+        """Add one copy of the first input set's first sample, repeated along the batch for each of ``rows`` (the first
+        ``_ROWS_READ_APART``, within about ``_ROWS_APART_BYTES``), that sample's ``name`` that row at every token its
+        masks keep; a note saying so, or None where the graph may mix its samples
+        (``_samples_kept_apart``), the batch is fixed, or the set is refused (``_reach_rows_alone``, whose sets of one
+        row come first)."""
+        first = self.input_sets[0]
+        ids = first.get(name)
+        if not isinstance(ids, np.ndarray) or ids.ndim < 2 or (axis := self._sample_axis(name, ids.ndim)) is None:
+            return None
+        value = next((value for value in self._original.graph.inputs if value.name == name), None)
+        batch = value.shape[axis] if value is not None and value.shape is not None else None
+        if not isinstance(batch, ir.SymbolicDim) or not batch.value:
+            return None
+        if not _samples_kept_apart(self._original, batch.value):
+            return None
+        sample_bytes = sum(
+            array.nbytes // max(len(array), 1) for array in first.values() if isinstance(array, np.ndarray)
+        )
+        chosen = rows[: max(1, min(_ROWS_READ_APART, _ROWS_APART_BYTES // max(sample_bytes, 1)))]
+        tiled = dict(first)
+        for graph_input in self._original.graph.inputs:
+            array = first.get(graph_input.name)
+            if not isinstance(array, np.ndarray) or graph_input.shape is None or len(graph_input.shape) != array.ndim:
+                continue
+            for at, dim in enumerate(graph_input.shape):
+                if isinstance(dim, ir.SymbolicDim) and dim.value == batch.value:
+                    array = np.repeat(np.take(array, [0], axis=at), len(chosen), axis=at)
+            tiled[graph_input.name] = array
+        samples = self._kept_samples(tiled, name, ids.dtype)
+        if len(samples) != len(chosen):
+            return None
+        reaching = np.array(tiled[name], copy=True)
+        for row, kept_tokens in zip(chosen, samples, strict=True):
+            reaching.reshape(-1)[kept_tokens] = row
+        shown = ", ".join(str(row) for row in chosen)
+        label = f"{self.labels[0]}, its first sample for each of rows {shown} of {table!r}, each alone in its sample"
+        if not self._add_reaching_set({**tiled, name: reaching}, label):
+            return None
+        return f"also checked on {label}, which the pass changed (the graph keeps its samples apart)"
 
     def _kept_samples(self, inputs: Mapping[str, np.ndarray], name: str, dtype: np.dtype) -> list[np.ndarray]:
         """The flat positions of ``inputs[name]`` (ids of ``dtype``, at least two axes) that its masks keep, one array
@@ -5195,6 +5241,93 @@ def counted_position_rows(before: ir.Model, candidate: ir.Model) -> list[tuple[s
 # The most changed rows of one table ``reach_rewritten_rows`` reads alone, a set each (``_reach_rows_alone``): every
 # such set is run again for each later pass.
 _ROWS_READ_ALONE = 4
+# The most changed rows past those ``_reach_rows_apart`` reads in one set, a sample each, and about the most bytes
+# that set may take (a sample of every input, as the first axis of each holds one, times the rows).
+_ROWS_READ_APART = 16
+_ROWS_APART_BYTES = 16 << 20
+# Ops that compute each sample of a batch from that sample alone, whatever axes they take (``_samples_kept_apart``).
+_SAMPLEWISE_OPS = frozenset(
+    {
+        *("Abs", "Neg", "Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Erf", "Gelu", "Cast", "Identity", "Not"),
+        *("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "And", "Or", "Equal", "Less", "Greater"),
+    }
+)
+# Ops along an axis (an ``axes`` input or attribute, or an ``axis``): sample-wise where no axis is the first.
+_ALONG_AXES_OPS = frozenset(
+    {"ReduceMax", "ReduceMin", "ReduceMean", "ReduceSum", "ReduceProd", "ReduceL2", "Softmax", "LayerNormalization"}
+)
+
+
+def _samples_kept_apart(model: ir.Model, batch: str) -> bool:
+    """Whether every node of ``model``'s graph computes each sample (along the axis of dim ``batch`` of the inputs that
+    have it, followed node by node) from that sample alone: an op of ``_SAMPLEWISE_OPS`` of inputs no longer than the
+    one holding the samples, a ``Gather`` of a constant table's rows, a ``MatMul`` by a constant matrix not along the
+    samples, or an op of ``_ALONG_AXES_OPS`` whose axes are given and leave the samples' axis out (a normalization: past
+    it); no subgraph, no function. A model that reshapes, transposes or pools across its batch is read as mixing them
+    (``Verifier._reach_rows_apart`` then adds nothing)."""
+    if model.functions:
+        return False
+    held: dict[int, tuple[int, int]] = {}  # by value, the samples' axis and the rank
+    for value in model.graph.inputs:
+        if value.shape is not None:
+            axes = [at for at, dim in enumerate(value.shape) if isinstance(dim, ir.SymbolicDim) and dim.value == batch]
+            if len(axes) == 1:
+                held[id(value)] = (axes[0], len(value.shape))
+    for node in model.graph:
+        if not is_onnx_domain(node) or any(
+            attr.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for attr in node.attributes.values()
+        ):
+            return False
+        carried = [held.get(id(value)) if value is not None else None for value in node.inputs]
+        if not any(carried):
+            continue  # no sample read: the same for each
+        if (kept := _samples_after(node, carried)) is None or len(node.outputs) != 1:
+            return False
+        held[id(node.outputs[0])] = kept
+    return True
+
+
+def _samples_after(node: ir.Node, carried: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+    """The samples' axis and rank of ``node``'s output, given its inputs' (``carried``, None where an input holds no
+    samples), where it keeps its samples apart (``_samples_kept_apart``); None otherwise."""
+    constant = [ir.convenience.get_const_tensor(v) if v is not None else None for v in node.inputs]
+    if node.op_type in _SAMPLEWISE_OPS:
+        axes = {held for held in carried if held is not None}
+        if len(axes) != 1:
+            return None
+        axis, rank = axes.pop()
+        for value, held in zip(node.inputs, carried, strict=True):
+            other = len(value.shape) if value is not None and value.shape is not None else None
+            if held is None and (other is None or other > rank):  # a longer operand would move the samples' axis
+                return None
+        return axis, rank
+    if node.op_type == "Gather" and carried[0] is None and len(carried) == 2 and constant[0] is not None:
+        if node.attributes.get_int("axis", 0) != 0:
+            return None
+        axis, rank = carried[1]
+        return axis, rank + len(constant[0].shape) - 1
+    if carried[0] is None or any(held is not None for held in carried[1:]):
+        return None
+    axis, rank = carried[0]
+    if node.op_type == "MatMul" and len(constant) == 2 and constant[1] is not None and len(constant[1].shape) == 2:
+        return (axis, rank) if rank >= 2 and axis < rank - 1 else None
+    if node.op_type not in _ALONG_AXES_OPS:
+        return None
+    if node.op_type in ("Softmax", "LayerNormalization"):
+        along = node.attributes.get_int("axis", -1) % rank
+        return (axis, rank) if axis < along else None  # normalized over ``along`` and past it, at an older opset
+    if "axes" in node.attributes:
+        axes = list(node.attributes.get_ints("axes", []))
+    elif len(constant) > 1 and constant[1] is not None:
+        axes = [int(a) for a in constant[1].numpy().reshape(-1)]
+    else:
+        return None  # every axis
+    axes = sorted({a % rank for a in axes})
+    if not axes or axis in axes:
+        return None
+    if node.attributes.get_int("keepdims", 1):
+        return axis, rank
+    return axis - sum(a < axis for a in axes), rank - len(axes)
 
 
 def rewritten_windows(before: ir.Model, candidate: ir.Model) -> list[int]:
