@@ -554,8 +554,10 @@ class Drift:
     # Each output the original computes as mostly one of its inputs (``with_residuals``), scored less it too: the
     # output's name and the input's. Its cosine alone measures the input (RivaGAN's frame), not what the model adds.
     scored_less: tuple[tuple[str, str], ...] = ()
-    # Where the worst score (or worst sample) is an output's less its input (one of ``scored_less``): which.
+    # Where the worst score (or worst sample) is an output's less its input (one of ``scored_less``): which, and the
+    # lowest and highest scale that input was taken at (``with_residuals``: 1, or the original's on each run).
     added: tuple[str, str] | None = None
+    added_scales: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.worst_cosine is None:
@@ -616,9 +618,8 @@ class Drift:
             # (``0.95 x + d`` less ``0.95 x``) read as if less ``x``, whose cosine a user would find far higher
             # (review s77 regress).
             said += (
-                f" ({residual_name(name, source)}: what {name} adds to input {source}, which it mostly is, taken at "
-                f"the scale the original gives {source} in {name} (least squares, 1 for {name} = {source} + d), scored "
-                "on its own)"
+                f" ({residual_name(name, source, self.added_scales)}: what {name} adds to input {source}, which it "
+                "mostly is, scored on its own)"
             )
         if others := [pair for pair in self.scored_less if pair != self.added]:
             said += " (" + ", ".join(f"{name} scored less input {source} too" for name, source in others) + ")"
@@ -676,8 +677,12 @@ def ratio_text(ratio: float) -> str:
 _LOGITS_SUFFIX = "\x00logits"
 _PICKS_SUFFIX = "\x00picks"
 _RANKS_SUFFIX = "\x00ranks"
-# Between an output's name and an input's, the key of the output less that input (``residual_key``).
+# Between an output's name and an input's, the key of the output less that input (``residual_key``); after them, the
+# key of the output less the input as it is, where it differs (``residual_key(..., as_is=True)``), and of the scale the
+# original's run gives the input (``residual_scale_key``).
 _LESS = "\x00less\x00"
+_AS_IS = "\x00as is"
+_SCALE = "\x00scale"
 
 
 def logits_key(name: str) -> str:
@@ -701,15 +706,27 @@ def ranks_key(name: str) -> str:
     return name + _RANKS_SUFFIX
 
 
-def residual_key(name: str, input_name: str) -> str:
+def residual_key(name: str, input_name: str, *, as_is: bool = False) -> str:
     """The key, beside output ``name`` in one run's outputs, of that output less input ``input_name``, which the
-    original's output mostly is (``with_residuals``): the part the model adds, scored on its own (``paired_drift``)."""
-    return name + _LESS + input_name
+    original's output mostly is (``with_residuals``), at the scale the original gives the input (``as_is``: at 1):
+    the part the model adds, scored on its own (``paired_drift``)."""
+    return name + _LESS + input_name + (_AS_IS if as_is else "")
 
 
-def residual_name(name: str, input_name: str) -> str:
-    """How output ``name`` less input ``input_name`` (``with_residuals``) is named where it is scored."""
-    return f"{name} − {input_name}"
+def residual_scale_key(name: str, input_name: str) -> str:
+    """The key, beside output ``name`` in one run's outputs, of the scale (a float) at which ``residual_key`` takes
+    input ``input_name`` on that run (``with_residuals``)."""
+    return name + _LESS + input_name + _SCALE
+
+
+def residual_name(name: str, input_name: str, scales: tuple[float, float] = (1.0, 1.0)) -> str:
+    """How output ``name`` less input ``input_name`` (``with_residuals``) is named where it is scored: ``y − x``, or
+    with the scale the input was taken at where it is not 1 to three digits (``y − 0.95·x``; ``scales``, the lowest
+    and the highest of the runs', where they differ: ``y − (0.948 to 0.952)·x``)."""
+    low, high = (f"{scale:.3g}" for scale in scales)
+    if low == high == "1":
+        return f"{name} − {input_name}"
+    return f"{name} − {low}·{input_name}" if low == high else f"{name} − ({low} to {high})·{input_name}"
 
 
 def logits_owner(key: str) -> str | None:
@@ -782,7 +799,10 @@ def with_residuals(
     less the input at the scale the original's run gives it (``a``, the least-squares scale of the input in the
     original's output; 1 for ``x + d``, 0.95 for an alpha blend ``0.95 x + d``) in both (``residual_key``): the part
     the model adds, which ``paired_drift`` scores on its own where every run has it, where further than
-    ``_ADDED_FLOOR`` of the output from ``a x``.
+    ``_ADDED_FLOOR`` of the output from ``a x``, and then that scale (``residual_scale_key``). Where ``a x`` is further
+    than ``_ADDED_FLOOR`` of the output from ``x``, the output less ``x`` as it is too (``residual_key(...,
+    as_is=True)``, where further than that from ``x``): a gain (``y = 1.11 x``) adds ``0.11 x`` to its input, nothing
+    to ``a x``.
     Given ``unchanged``, a run on which the original adds nothing so (an output within ``_ADDED_FLOOR`` of its input
     scaled: a batch of gates of 0) gives that part as zeros in both, which ``paired_drift`` scores on no sample but
     counts as a run that has it: the part is scored on the other runs (left out, a batch to which the original added
@@ -843,18 +863,38 @@ def with_residuals(
             kept = np.where(zeroed, 0.0, x)
             square = float(np.sum(kept * kept))
             scale = float(np.sum(kept * e)) / square if square > 0 else 1.0
-            scaled = x * scale if math.isfinite(scale) else x
+            scale = scale if math.isfinite(scale) else 1.0
+            scaled = x * scale
             part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
-        key = residual_key(name, source)
         if not math.isfinite(part):
             continue
-        if part <= _ADDED_FLOOR * norm:
-            if unchanged:  # nothing added on this run: a run that has the part, no sample of it scored
-                added_before[key], added_after[key] = np.zeros_like(e), np.zeros_like(e)
-            continue
-        added_before[key] = np.where(zeroed, 0.0, e - scaled)
-        added_after[key] = np.where(zeroed, 0.0, a - scaled)
+        # Less the input as it is too, where that differs from less ``a x`` by more than float32 rounding of the
+        # output, the worse counting (``paired_drift``): a gain (``y = 1.11 x``) is its input at the fitted scale and
+        # adds nothing less ``a x``, so a rewrite dropping the gain (``y = x``) read only its norm ratio, 0.995, and
+        # met the default floor; less ``x`` its part is ``0.11 x``, which that rewrite drops (review s77 late77e).
+        parts = [(residual_key(name, source), scaled, part)]
+        if abs(scale - 1.0) * math.sqrt(square) > _ADDED_FLOOR * norm:
+            with np.errstate(invalid="ignore", over="ignore"):
+                unit = float(np.linalg.norm(np.where(zeroed, 0.0, e - x)))
+            parts.append((residual_key(name, source, as_is=True), x, unit))
+        for key, taken, size in parts:
+            if not math.isfinite(size):
+                continue
+            if size <= _ADDED_FLOOR * norm:
+                if unchanged:  # nothing added on this run: a run that has the part, no sample of it scored
+                    added_before[key], added_after[key] = np.zeros_like(e), np.zeros_like(e)
+                continue
+            added_before[key] = np.where(zeroed, 0.0, e - taken)
+            added_after[key] = np.where(zeroed, 0.0, a - taken)
+            if taken is scaled:  # the scale its part is named with
+                added_before[residual_scale_key(name, source)] = added_after[residual_scale_key(name, source)] = scale
     return added_before, added_after
+
+
+def _part_name(name: str, input_name: str, as_is: bool) -> str:
+    """The name ``paired_drift`` scores output ``name`` less input ``input_name`` under (``with_residuals``), at the
+    scale the original gives the input or ``as_is``; ``residual_name`` shows it."""
+    return residual_name(name, input_name) + (" as is" if as_is else "")
 
 
 def _rows_adding(part: np.ndarray, output: np.ndarray) -> np.ndarray:
@@ -958,9 +998,12 @@ def paired_drift(
     logits score.
 
     A float output whose part added to an input (``residual_key``, ``with_residuals``) every run gives beside it is
-    scored as it is and that part as an output of its own (``residual_name``), the worse counting: ``Drift.scored_less``
-    names each, ``Drift.added`` the one of the worst score. A sample whose part is zeros in both runs (the original adds
-    nothing there), or the input at one scale every such sample shares (``_rows_adding``), is no sample of it.
+    scored as it is and that part as an output of its own (``residual_name``), and so is the part less the input as it
+    is where runs give it (a run without it has the two within float32 rounding), the worst counting:
+    ``Drift.scored_less`` names each, ``Drift.added`` the one of the worst score and ``Drift.added_scales`` the scales
+    it took the input at (``residual_scale_key``). A sample whose part is zeros in both runs (the original adds nothing
+    there), or the input at one scale every such sample shares (``_rows_adding``), is no sample of it; nor, less the
+    input as it is, one within ``_ADDED_FLOOR`` of it.
     """
     scores: dict[str, list[float]] = {}
     # The lowest per-sample score of each output (rows along axis 0).
@@ -972,10 +1015,12 @@ def paired_drift(
     scales: dict[str, float] = {}
     # Outputs' small-scale fields scored on their own (``small_scale_fields``), by the name they are scored under.
     split: set[str] = set()
-    # Float outputs' runs scored, and the parts they add to an input (``with_residuals``): each part's output and
-    # runs; a part some run lacks (the output mostly its input on some runs only) is not scored.
+    # Float outputs' runs scored, and the parts they add to an input (``with_residuals``): each part's output, input,
+    # runs and whether it is less the input as it is; a part some run lacks (the output mostly its input on some runs
+    # only) is not scored. The lowest and highest scale each part less the input scaled took it at.
     runs_of: dict[str, int] = {}
-    residuals: dict[str, tuple[str, str, int]] = {}
+    residuals: dict[str, tuple[str, str, int, bool]] = {}
+    taken_at: dict[str, list[float]] = {}
     max_error = 0.0
     max_error_output = None
     reshaped = changed = None
@@ -1084,15 +1129,23 @@ def paired_drift(
                 parts.append((part, np.take(e, index, axis=axis), np.take(a, index, axis=axis)))
                 split.add(part)
             runs_of[name] = runs_of.get(name, 0) + 1
-            for key in expected_run:
-                if key.startswith(name + _LESS) and key in actual_run and np.shape(actual_run[key]) == e.shape:
-                    # The part the model adds to an input it mostly is (``with_residuals``): beside the input its
-                    # loss is not seen.
-                    source = key[len(name + _LESS) :]
-                    part = residual_name(name, source)
-                    added = [np.nan_to_num(np.asarray(run[key], np.float64)) for run in (expected_run, actual_run)]
-                    parts.append((part, *added))
-                    residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1)
+            for source in dict.fromkeys(
+                key[len(name + _LESS) :].removesuffix(_AS_IS).removesuffix(_SCALE)
+                for key in expected_run
+                if key.startswith(name + _LESS) and key in actual_run
+            ):
+                # The part the model adds to an input it mostly is (``with_residuals``), less the input at the scale
+                # the original gives it and as it is: beside the input its loss is not seen. A run without the part
+                # as it is has the two within float32 rounding: it counts as one that has it.
+                if isinstance(scale := expected_run.get(residual_scale_key(name, source)), float):
+                    bounds = taken_at.setdefault(_part_name(name, source, False), [scale, scale])
+                    bounds[:] = min(bounds[0], scale), max(bounds[1], scale)
+                for as_is in (False, True):
+                    key, part = residual_key(name, source, as_is=as_is), _part_name(name, source, as_is)
+                    residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1, as_is)
+                    if key in expected_run and np.shape(actual_run[key]) == e.shape:
+                        added = [np.nan_to_num(np.asarray(run[key], np.float64)) for run in (expected_run, actual_run)]
+                        parts.append((part, *added))
             for scored_name, e, a in parts:  # the whole output, then its small-scale fields
                 if scored_name in residuals:
                     # A sample to which the original adds nothing (``with_residuals`` zeroed its part in both) is no
@@ -1100,7 +1153,15 @@ def paired_drift(
                     # default floor (review s77 xres). The output's own score holds it.
                     if not (e.any() or a.any()):
                         continue
-                    if e.ndim > 1 and e.size != len(e):
+                    if e.ndim > 1 and e.size != len(e) and residuals[scored_name][3]:
+                        # Less the input as it is, a sample at another scale (a gain of 1.11) adds that gain, but one
+                        # within float32 rounding of its input adds nothing: a gain of 1e-7 of its own read -1 against
+                        # an fp16 rewrite's rounding, as before review s77 xres (review s77 late77e).
+                        rows = np.linalg.norm(e.reshape(len(e), -1), axis=1) > _ADDED_FLOOR * np.linalg.norm(
+                            parts[0][1].reshape(len(e), -1), axis=1
+                        )
+                        e, a = e[rows], a[rows]
+                    elif e.ndim > 1 and e.size != len(e):
                         rows = _rows_adding(e, parts[0][1])
                         e, a = e[rows], a[rows]
                 if e.ndim <= 1 or e.size == len(e):
@@ -1121,7 +1182,7 @@ def paired_drift(
                 if abs(farthest - 1.0) > abs(scales.get(scored_name, 1.0) - 1.0):
                     scales[scored_name] = farthest
                 lowest[scored_name] = min(lowest.get(scored_name, 1.0), float(scored.min()))
-    for part, (owner, _, count) in residuals.items():
+    for part, (owner, _, count, _) in residuals.items():
         if count < runs_of[owner]:
             for table in (scores, lowest, single, plain, scales):
                 table.pop(part, None)
@@ -1142,10 +1203,16 @@ def paired_drift(
         raise ValueError("no outputs to compare: empty inputs, or only outputs of non-numeric types")
     worst = min(per_output, key=per_output.__getitem__)
     worst_sample = min(lowest.get(name, score) for name, score in per_output.items())
+
+    def taken(part: str) -> tuple[float, float]:  # the scales a part was taken at: 1 as it is
+        return (1.0, 1.0) if residuals[part][3] else tuple(taken_at.get(part, (1.0, 1.0)))
+
+    # A part is named with the scale it was taken at.
+    shown = residual_name(*residuals[worst][:2], taken(worst)) if worst in residuals else worst
     scaled = None
     if worst in plain and per_output[worst] < float(np.mean(plain[worst])) and worst not in relative:
-        scaled = (worst, scales.get(worst, 1.0))
-    relative_error = (worst, relative[worst]) if worst in relative else None
+        scaled = (shown, scales.get(worst, 1.0))
+    relative_error = (shown, relative[worst]) if worst in relative else None
     # Where the worst score is an output's small-scale fields' (or its worst sample's is), the figure names them.
     fields = worst if worst in split else None
     if fields is None:
@@ -1156,12 +1223,11 @@ def paired_drift(
     shared = worst if worst in by_share else None
     # The outputs scored less an input they mostly are, and where the worst score (or worst sample) is such a part's,
     # which: the figure names them.
-    scored_less = tuple(residuals[part][:2] for part in residuals if part in per_output)
-    added = residuals[worst][:2] if worst in residuals else None
-    if added is None:
-        added = next(
-            (residuals[part][:2] for part in residuals if part in per_output and lowest[part] <= worst_sample), None
-        )
+    scored_less = tuple(dict.fromkeys(residuals[part][:2] for part in residuals if part in per_output))
+    named = worst if worst in residuals else None
+    if named is None:
+        named = next((part for part in residuals if part in per_output and lowest[part] <= worst_sample), None)
+    added = None if named is None else residuals[named][:2]
     return Drift(
         per_output[worst],
         max_error,
@@ -1178,6 +1244,7 @@ def paired_drift(
         _lowest_top1(picked),
         scored_less,
         added,
+        (1.0, 1.0) if named is None else taken(named),
     )
 
 

@@ -10,15 +10,18 @@ scale, so a user computing ``y − x`` read a cosine far higher than the one the
 
 from __future__ import annotations
 
+import re
+
 from optimizer.verify import Verifier
 from tests.test_review_s77_xres import _FLOOR, _blend, _inputs
 
 
-def test_the_figure_of_a_blend_s_part_says_it_is_taken_at_the_original_s_scale():
+def test_the_figure_of_a_blend_s_part_names_the_original_s_scale():
     # y = 0.95 x + d, a rewrite dropping d: less 0.95 x its part reads a cosine near 0, less x (-0.05 x + d against
     # -0.05 x) about 0.98; the figure must not read as the latter.
     checker = Verifier(_blend(0.95, 0.004), [_inputs(1, [1.0] * 4)], budget=_FLOOR)
     dropped = checker.check_approximation(_blend(0.95, 0.0))
     assert not dropped.ok, dropped.first_failure
-    assert "y − x: what y adds to input x" in dropped.first_failure, dropped.first_failure
-    assert "taken at the scale the original gives x in y" in dropped.first_failure, dropped.first_failure
+    # Since review s77 late77e the figure names the scale itself (``y − 0.947·x`` here, the least-squares fit of x in
+    # 0.95 x + d), not only that there is one.
+    assert re.search(r"y − 0\.9[45]\d*·x: what y adds to input x", dropped.first_failure), dropped.first_failure
