@@ -1402,14 +1402,21 @@ def _compared_sides(
     multiplied: set[int] = set()
     while starts:
         start, elements = starts.pop(0)
-        if len(elements) == 1 and isinstance(elements[0][0], _Product) and sizes:
-            # The product's own value, its comparisons read beside any sizes of its dims (``lengths_combined``).
-            key, factor = elements[0]
-            of = sorted(key.of)
-            fixed = factor / math.prod(sizes[dim] for dim in of)
-            sides = [(lengths, side) for _, lengths, side in _lengths_compared(start, [(_VALUE, 1.0)], sizes)]
-            if sides:
-                combined.append(("product", (*of, str(key)), (fixed,), sides))
+        # A product's own value, its comparisons read beside any sizes of its dims (``lengths_combined``): a ``Size``
+        # or a ``Mul``'s, and a ``ReduceProd`` of a shape's (``ReduceProd(Shape(x)) == 30``, read at the first set's
+        # other sizes alone until review s77 late77f).
+        products_read = [(start, elements)] if len(elements) == 1 else []
+        for node, index in start.uses() if sizes and len(elements) > 1 else ():
+            if node.op_type == "ReduceProd" and index == 0 and is_onnx_domain(node):
+                if _reduction_axes(node) in (None, (0,), (-1,)) and (product := _product_of_lengths(elements, sizes)):
+                    products_read.append((node.outputs[0], product))
+        for value, ((key, factor),) in products_read if sizes else ():
+            if isinstance(key, _Product):
+                of = sorted(key.of)
+                fixed = factor / math.prod(sizes[dim] for dim in of)
+                sides = [(lengths, side) for _, lengths, side in _lengths_compared(value, [(_VALUE, 1.0)], sizes)]
+                if sides:
+                    combined.append(("product", (*of, str(key)), (fixed,), sides))
         for key, lengths, side in _lengths_compared(start, elements, sizes, meets):
             of = key.of if isinstance(key, _Product) else frozenset()
             key = str(key) if isinstance(key, _Product) else key
@@ -1442,13 +1449,14 @@ def _compared_sides(
 
 
 def _concatenated_lengths(model: ir.Model, sizes: Mapping[str, int] | None) -> list[_Combined]:
-    """A sum (``_Combined``) for each ``Concat`` of two runtime inputs along an axis where each has a named dim of its
-    own, whose length along it (``Shape`` of the ``Concat``) the graph compares with constants: read as a ``Shape`` of
-    no input, ``Shape(Concat(a, b))[1] == 7`` was not followed until review s77 xfix77."""
+    """A sum (``_Combined``) for each ``Concat`` of two or more runtime inputs along an axis where each has a named dim
+    of its own, whose length along it (``Shape`` of the ``Concat``) the graph compares with constants: read as a
+    ``Shape`` of no input, ``Shape(Concat(a, b))[1] == 7`` was not followed until review s77 xfix77, nor one of three
+    inputs until review s77 late77f."""
     inputs = {id(value): value for value in runtime_inputs(model)}
     found: list[_Combined] = []
     for node in model.graph:
-        if node.op_type != "Concat" or not is_onnx_domain(node) or len(node.inputs) != 2:
+        if node.op_type != "Concat" or not is_onnx_domain(node) or len(node.inputs) < 2:
             continue
         parts = [inputs.get(id(value)) if value is not None else None for value in node.inputs]
         if any(part is None or part.shape is None for part in parts) or len({len(p.shape) for p in parts}) != 1:
@@ -1459,7 +1467,7 @@ def _concatenated_lengths(model: ir.Model, sizes: Mapping[str, int] | None) -> l
             continue
         keys = [_length_keys(list(part.shape)) for part in parts]
         joined = [key[axis % rank] for key in keys]
-        if not all(joined) or joined[0] == joined[1]:
+        if not all(joined) or len(set(joined)) != len(joined):
             continue
         shape = [(key, 1.0 if _free(dim) else float(dim)) for key, dim in zip(keys[0], parts[0].shape)]
         shape[axis % rank] = (_VALUE, 1.0)
@@ -1469,7 +1477,7 @@ def _concatenated_lengths(model: ir.Model, sizes: Mapping[str, int] | None) -> l
                     (lengths, side) for key, lengths, side in _lengths_compared(start, held, sizes) if key is _VALUE
                 ]
                 if sides:
-                    found.append(("sum", (joined[0], joined[1]), (1.0, 0.0, 1.0, 0.0), sides))
+                    found.append(("sum", tuple(joined), (1.0, 0.0) * len(joined), sides))
     return found
 
 
@@ -1485,7 +1493,7 @@ def _combined_value(kind: str, dims: Sequence[str], numbers: Sequence[float], le
     """The value a sum or product of lengths (``_Combined``) takes at ``lengths``."""
     if kind == "product":
         return numbers[0] * math.prod(lengths[dim] for dim in dims)
-    return numbers[0] * lengths[dims[0]] + numbers[1] + numbers[2] * lengths[dims[1]] + numbers[3]
+    return sum(numbers[2 * at] * lengths[dim] + numbers[2 * at + 1] for at, dim in enumerate(dims))
 
 
 # The most sizes of the other dims ``lengths_combined`` tries, across the values of every sum or product in a call:
@@ -1539,6 +1547,10 @@ def lengths_combined(
                 left += 1
                 continue
             lengths = _combined_at(kind, dims, numbers, value, bindings, tries)
+            if lengths is None and tries[0] <= 0:  # the tries ran out within it: counted too, not dropped unsaid
+                held.add(went)
+                left += 1
+                continue
             if lengths is None or not math.isclose(_combined_value(kind, dims, numbers, {**first, **lengths}), value):
                 continue
             held.add(went)
@@ -1594,13 +1606,18 @@ def _combined_at(
 
 def _inlined(model: ir.Model) -> ir.Model:
     """``model``, or where a graph of it calls a function of the model's own, a copy with those calls inlined (its
-    tensors shared): the walks of lengths read ONNX ops alone. Left as it is where the inliner refuses (calls in a
-    cycle, opsets that differ)."""
+    tensors shared): the walks of lengths read ONNX ops alone. A function importing another version of a domain than
+    the model is read at the model's (the copy is never run; the inliner refuses to mix them, and a function at opset
+    18 in a model at 17 hid its ``L == 7`` until review s77 late77f). Left as it is where the inliner refuses (calls in
+    a cycle, a graph given to a function)."""
     if not model.functions or not any(
         node.op_identifier() in model.functions for node in ir.traversal.RecursiveGraphIterator(model.graph)
     ):
         return model
     copy = model.clone()
+    for function in copy.functions.values():
+        for domain, version in list(function.opset_imports.items()):
+            function.opset_imports[domain] = copy.opset_imports.get(domain, version)
     try:
         InlinePass()(copy)
     except (ValueError, ir.passes.PreconditionError):

@@ -3007,19 +3007,30 @@ class Verifier:
             return None
         if not _samples_kept_apart(self._original, batch.value):
             return None
-        sample_bytes = sum(
-            array.nbytes // max(len(array), 1) for array in first.values() if isinstance(array, np.ndarray)
-        )
-        chosen = rows[: max(1, min(_ROWS_READ_APART, _ROWS_APART_BYTES // max(sample_bytes, 1)))]
-        tiled = dict(first)
+        # Each input's batch axes, and the bytes of one sample of it (the size of each along them: one), whichever
+        # axis holds the batch: read along the first axis, a sequence-major input's sample was taken for one token's,
+        # and 16 samples of a wide ``[L, B, D]`` input ran L times past the bytes until review s77 late77f.
+        batch_axes: dict[str, list[int]] = {}
+        sample_bytes = 0
         for graph_input in self._original.graph.inputs:
             array = first.get(graph_input.name)
             if not isinstance(array, np.ndarray) or graph_input.shape is None or len(graph_input.shape) != array.ndim:
                 continue
-            for at, dim in enumerate(graph_input.shape):
-                if isinstance(dim, ir.SymbolicDim) and dim.value == batch.value:
-                    array = np.repeat(np.take(array, [0], axis=at), len(chosen), axis=at)
-            tiled[graph_input.name] = array
+            axes = [
+                at
+                for at, dim in enumerate(graph_input.shape)
+                if isinstance(dim, ir.SymbolicDim) and dim.value == batch.value
+            ]
+            if axes:
+                batch_axes[graph_input.name] = axes
+                sample_bytes += array.nbytes // max(math.prod(array.shape[at] for at in axes), 1)
+        chosen = rows[: max(1, min(_ROWS_READ_APART, _ROWS_APART_BYTES // max(sample_bytes, 1)))]
+        tiled = dict(first)
+        for input_name, axes in batch_axes.items():
+            array = first[input_name]
+            for at in axes:
+                array = np.repeat(np.take(array, [0], axis=at), len(chosen), axis=at)
+            tiled[input_name] = array
         samples = self._kept_samples(tiled, name, ids.dtype)
         if len(samples) != len(chosen):
             return None
@@ -5281,15 +5292,18 @@ def _samples_kept_apart(model: ir.Model, batch: str) -> bool:
         carried = [held.get(id(value)) if value is not None else None for value in node.inputs]
         if not any(carried):
             continue  # no sample read: the same for each
-        if (kept := _samples_after(node, carried)) is None or len(node.outputs) != 1:
+        opset = node.version if node.version is not None else onnx_opset(model.opset_imports, 1)
+        if (kept := _samples_after(node, carried, opset)) is None or len(node.outputs) != 1:
             return False
         held[id(node.outputs[0])] = kept
     return True
 
 
-def _samples_after(node: ir.Node, carried: list[tuple[int, int] | None]) -> tuple[int, int] | None:
+def _samples_after(node: ir.Node, carried: list[tuple[int, int] | None], opset: int) -> tuple[int, int] | None:
     """The samples' axis and rank of ``node``'s output, given its inputs' (``carried``, None where an input holds no
-    samples), where it keeps its samples apart (``_samples_kept_apart``); None otherwise."""
+    samples), where it keeps its samples apart (``_samples_kept_apart``); None otherwise. ``opset`` is the ONNX
+    opset the node runs at: a ``Softmax`` before 13 defaults to axis 1, not -1 (a sequence-major ``[L, B, D]`` one
+    normalizes across its batch there, and was read as keeping its samples apart until review s77 late77f)."""
     constant = [ir.convenience.get_const_tensor(v) if v is not None else None for v in node.inputs]
     if node.op_type in _SAMPLEWISE_OPS:
         axes = {held for held in carried if held is not None}
@@ -5314,7 +5328,8 @@ def _samples_after(node: ir.Node, carried: list[tuple[int, int] | None]) -> tupl
     if node.op_type not in _ALONG_AXES_OPS:
         return None
     if node.op_type in ("Softmax", "LayerNormalization"):
-        along = node.attributes.get_int("axis", -1) % rank
+        default = 1 if node.op_type == "Softmax" and opset < 13 else -1
+        along = node.attributes.get_int("axis", default) % rank
         return (axis, rank) if axis < along else None  # normalized over ``along`` and past it, at an older opset
     if "axes" in node.attributes:
         axes = list(node.attributes.get_ints("axes", []))
