@@ -1444,7 +1444,9 @@ def _dim_name(value: ir.Value, axis: int) -> str | None:
 
 
 def _dim_value(dim: object) -> str | None:
-    return dim.value if isinstance(dim, ir.SymbolicDim) and dim.value else None
+    # An int ruled out first: ``isinstance`` against onnx-ir's SymbolicDim (a typing Protocol's subclass) runs
+    # Python code for each int.
+    return dim.value if type(dim) is not int and isinstance(dim, ir.SymbolicDim) and dim.value else None
 
 
 def hide_padded(
