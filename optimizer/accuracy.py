@@ -785,6 +785,20 @@ def _views(x: np.ndarray, shape: tuple[int, ...]) -> Iterator[np.ndarray]:
                 yield np.transpose(x, order)
 
 
+def _far(output: np.ndarray, view: np.ndarray, norm: float) -> bool:
+    """Whether ``view`` (an input read in ``output``'s shape, ``_views``) is provably further than ``_MOSTLY_INPUT``
+    of ``norm`` (``output``'s) from ``output`` over any positions that leave out only ``output``'s zeros (padding),
+    by one dot product: that distance is at least ``|norm - output·view / norm|`` (Cauchy–Schwarz). Every float input
+    of an output's size was read against every such output in full, each order of its axes that fits too: a model of 50
+    float inputs and 50 outputs of their size (a cache updated in place, a state per layer) spent 13 s a batch there
+    (review s77 late77g). NaN or Inf, or an output of zeros, is not far: read in full."""
+    if not (norm > 0 and math.isfinite(norm)):
+        return False
+    axes = list(range(output.ndim))  # einsum reads the view where it lies: no copy of its axes' other order
+    bound = abs(norm - float(np.einsum(output, axes, view, axes, [])) / norm)
+    return math.isfinite(bound) and bound > _MOSTLY_INPUT * norm
+
+
 def with_residuals(
     inputs: Mapping[str, Any],
     before: Mapping[str, Any],
@@ -808,8 +822,9 @@ def with_residuals(
     counts as a run that has it: the part is scored on the other runs (left out, a batch to which the original added
     nothing left it unscored on every batch, review s77 xres).
     Found from the values, not from how the graph spells the sum (``Add(x, d)``, ``Add(d, x)``, ``Sub``, a ``Mul`` by
-    ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed), or where
-    the original's is the input's, add 0."""
+    ``1 + d``). Positions where both outputs are exactly 0 (padding ``optimizer.padding.unpadded`` zeroed) add 0; a
+    sample whose output is its input (a gate of 0) is no sample of the part (``paired_drift``, ``_rows_adding``), but
+    single positions so (a ReLU's zeros on the added branch) are scored as any other."""
     floats = {
         name: np.asarray(value, np.float64)
         for name, value in inputs.items()
@@ -841,6 +856,8 @@ def with_residuals(
             views: dict[str, tuple[float, np.ndarray]] = {}
             for source, x in floats.items():
                 for view in _views(x, e.shape) if x.size == expected.size else ():
+                    if _far(e, view, norm):
+                        continue
                     distance = float(np.linalg.norm(np.where(padded, 0.0, e - view)))
                     if source not in views or distance < views[source][0]:
                         views[source] = (distance, view)
@@ -852,10 +869,12 @@ def with_residuals(
             continue
         source = min(near, key=near.__getitem__)
         x = views[source][1]
-        # Where the original adds nothing (its value is the input's: a gate of 0, a sample left as it is) there is no
-        # part to score, the output's own score holds it: against a rewrite's rounding it read a cosine of 0, and an
-        # fp16-like rewrite rolled back (review s76 late76j).
-        zeroed = padded | (e == x)
+        # A sample the original adds nothing to (its value is the input's: a gate of 0) is no sample of the part
+        # (``paired_drift``, ``_rows_adding``): against a rewrite's rounding it read a cosine of 0, and an fp16-like
+        # rewrite rolled back (review s76 late76j). Single positions where it is the input's are not left out: zeroed
+        # in both runs, a rewrite dropping a ReLU on the added branch (``x + c`` for ``x + relu(c)``, doubling what the
+        # model adds) changed it only there, and was verified at --min-cosine 0.99 (review s77 late77g).
+        zeroed = padded
         # The input at the scale the original gives it: less ``x`` alone, ``0.95 x + d`` left mostly ``-0.05 x``,
         # which a rewrite dropping ``d`` keeps (it read 0.981 and met --min-cosine 0.98, review s77 xres). The same
         # ``a`` is taken from the rewrite's output, so a rewrite that changes the blend is seen too.
@@ -899,8 +918,8 @@ def _part_name(name: str, input_name: str, as_is: bool) -> str:
 
 def _rows_adding(part: np.ndarray, output: np.ndarray) -> np.ndarray:
     """Which samples (rows along axis 0) of ``part``, what the original's ``output`` adds to an input it mostly is
-    (``with_residuals``), hold any: not zeros (the original's output is its input there, ``with_residuals`` zeroed
-    it), nor, where every such row shares one, within ``_ADDED_FLOOR`` of that row of the output the input at another
+    (``with_residuals``), hold any: not zeros (padding, or the original's output its input there at a scale of 1),
+    nor, where every such row shares one, within ``_ADDED_FLOOR`` of that row of the output the input at another
     scale than the run's (samples of an alpha blend ``0.95 x + g d`` whose gate is 0). Such a row's part is what is
     left of fitting one scale to the whole run (``(0.95 - a) x``), about 1e-3 of the output where ``d`` is at right
     angles to ``x``: against an fp16 rewrite's rounding it read a cosine of -1, and rolled the rewrite back (review s77
