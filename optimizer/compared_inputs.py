@@ -40,6 +40,8 @@ this module); ``optimizer.api`` adds the verification sets that hold the constan
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import itertools
 import math
 import operator
@@ -1604,24 +1606,75 @@ def _combined_at(
     return None
 
 
+# The inlined copies ``_inlined`` made within ``inlined_once``, by the id of the model (kept, so no other takes the id).
+_INLINED: contextvars.ContextVar[dict[int, tuple[ir.Model, ir.Model]] | None] = contextvars.ContextVar(
+    "_INLINED", default=None
+)
+
+
+@contextlib.contextmanager
+def inlined_once() -> Iterator[None]:
+    """Within it, ``_inlined`` inlines each model once: for reads of models no one changes in between
+    (``compared_lengths``, ``lengths_together``, ``lengths_combined`` back to back). Each read inlined it again, nine
+    times a run, until review s77 late77h."""
+    token = _INLINED.set({} if _INLINED.get() is None else _INLINED.get())
+    try:
+        yield
+    finally:
+        _INLINED.reset(token)
+
+
+def _called_with_graphs(model: ir.Model) -> list[ir.OperatorIdentifier]:
+    """The model's own functions some call gives a graph (an attribute, or the function's default): the inliner
+    refuses them (``_inlined``)."""
+    if not model.functions:
+        return []
+    graphs = (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS)
+    found: dict[ir.OperatorIdentifier, None] = {}
+    bodies = [model.graph, *(function.graph for function in model.functions.values())]
+    for body in bodies:
+        for node in ir.traversal.RecursiveGraphIterator(body):
+            function = model.functions.get(node.op_identifier())
+            if function is None:
+                continue
+            given = [*node.attributes.values(), *(a for a in function.attributes.values() if a.value is not None)]
+            if any(attribute.type in graphs for attribute in given):
+                found[node.op_identifier()] = None
+    return list(found)
+
+
+def unread_functions(model: ir.Model) -> list[str]:
+    """The model's own functions the graph calls whose comparisons the walks of lengths do not read: those given a
+    graph, which the inliner refuses (``_inlined``), named ``domain::name``. Left unsaid until review s77 late77h."""
+    return [f"{domain}::{name}" for domain, name, _ in _called_with_graphs(model)]
+
+
 def _inlined(model: ir.Model) -> ir.Model:
     """``model``, or where a graph of it calls a function of the model's own, a copy with those calls inlined (its
     tensors shared): the walks of lengths read ONNX ops alone. A function importing another version of a domain than
     the model is read at the model's (the copy is never run; the inliner refuses to mix them, and a function at opset
-    18 in a model at 17 hid its ``L == 7`` until review s77 late77f). Left as it is where the inliner refuses (calls in
-    a cycle, a graph given to a function)."""
+    18 in a model at 17 hid its ``L == 7`` until review s77 late77f). A function some call gives a graph is left called
+    (the inliner refuses it; ``unread_functions`` names it), the others inlined (the model was read as it is until
+    review s77 late77h). Left as it is where the inliner refuses (calls in a cycle). Within ``inlined_once``, the copy
+    made for a model before."""
     if not model.functions or not any(
         node.op_identifier() in model.functions for node in ir.traversal.RecursiveGraphIterator(model.graph)
     ):
         return model
+    kept = _INLINED.get()
+    if kept is not None and id(model) in kept:
+        return kept[id(model)][1]
     copy = model.clone()
     for function in copy.functions.values():
         for domain, version in list(function.opset_imports.items()):
             function.opset_imports[domain] = copy.opset_imports.get(domain, version)
+    refused = set(_called_with_graphs(copy))
     try:
-        InlinePass()(copy)
+        InlinePass(lambda function: function.identifier() not in refused)(copy)
     except (ValueError, ir.passes.PreconditionError):
-        return model
+        copy = model
+    if kept is not None:
+        kept[id(model)] = (model, copy)
     return copy
 
 
