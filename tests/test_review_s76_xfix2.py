@@ -89,13 +89,7 @@ def test_a_correct_rewrite_of_rows_read_each_in_a_sample_of_its_own_is_kept(tmp_
             return ir.passes.PassResult(model, True)
 
     path = tmp_path / "bag.onnx"
-    _bag_of_embeddings(path, "ReduceMax")
-    model = ir.load(path)
-    gather = next(node for node in model.graph if node.op_type == "Gather")
-    magnitude = ir.node("Abs", [gather.outputs[0]])
-    model.graph.insert_after(gather, magnitude)
-    next(node for node in model.graph if node.op_type == "ReduceMax").replace_input_with(0, magnitude.outputs[0])
-    ir.save(model, path)
+    abs_max_bag(path)
     record = _verdict(path, _RowsNegated, tmp_path)
     assert record.status == STATUS_APPLIED, f"{record.status}: {record.detail}"
     assert any(_LABEL in note and "second binding" in note for note in record.notes), record.notes
@@ -286,3 +280,15 @@ def test_a_pass_that_adds_no_comparison_adds_no_length_between(tmp_path):
     # compares nothing new reads the same ways on both sides of its rewrite: no set.
     assert len(calls) >= 2 and calls[-2] == calls[-1]
     assert not any("a length the rewrite compares" in note for note in record.notes), record.notes
+
+
+def abs_max_bag(path) -> None:
+    """``_bag_of_embeddings``'s max-pooled bag with an ``Abs`` behind its lookup (rows negated read alike), at
+    ``path``."""
+    _bag_of_embeddings(path, "ReduceMax")
+    model = ir.load(path)
+    gather = next(node for node in model.graph if node.op_type == "Gather")
+    magnitude = ir.node("Abs", [gather.outputs[0]])
+    model.graph.insert_after(gather, magnitude)
+    next(node for node in model.graph if node.op_type == "ReduceMax").replace_input_with(0, magnitude.outputs[0])
+    ir.save(model, path)

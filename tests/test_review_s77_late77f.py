@@ -38,7 +38,7 @@ from optimizer.compared_inputs import _inlined, lengths_combined
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from optimizer.verify import _samples_kept_apart
 from tests.test_review_s76_late76e import _ScaledWhere, _verdict, _WindowScaledMore
-from tests.test_review_s77_xfix77 import _function_model, _model
+from tests.test_review_s77_xfix77 import _function_model, _model, plain_model
 
 # --- samples kept apart ----------------------------------------------------------------------------------------------
 
@@ -184,16 +184,9 @@ def test_a_branch_on_a_sum_of_three_lengths_is_rolled_back(joined_three, tmp_pat
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory):
-    """``x[B, L, C] -> x * 1.5``."""
+    """xfix77's ``plain_model``."""
     path = tmp_path_factory.mktemp("late77f") / "plain.onnx"
-    half = helper.make_tensor("factor", TensorProto.FLOAT, [], [1.5])
-    proto = _model(
-        [helper.make_node("Mul", ["x", "factor"], ["y"])],
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "L", "C"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "L", "C"])],
-        [half],
-    )
-    ir.save(ir.from_proto(proto), path)
+    plain_model(path)
     return path
 
 

@@ -28,6 +28,7 @@ from passes._utils import add_initializer, constant_array
 from tests.helpers import FIXTURES
 from tests.test_review_s76_late76a import _bag_of_embeddings
 from tests.test_review_s76_late76e import _max_bag
+from tests.test_review_s76_xfix2 import abs_max_bag
 
 _VOCAB, _HIDDEN = 30522, 4
 
@@ -139,13 +140,7 @@ def test_a_correct_rewrite_of_rows_read_alone_is_kept(tmp_path):
             return ir.passes.PassResult(model, True)
 
     path = tmp_path / "abs.onnx"
-    _bag_of_embeddings(path, "ReduceMax")
-    model = ir.load(path)
-    gather = next(node for node in model.graph if node.op_type == "Gather")
-    magnitude = ir.node("Abs", [gather.outputs[0]])
-    model.graph.insert_after(gather, magnitude)
-    next(node for node in model.graph if node.op_type == "ReduceMax").replace_input_with(0, magnitude.outputs[0])
-    ir.save(model, path)
+    abs_max_bag(path)
     record = _verdict(path, _RowsNegated, tmp_path)
     assert record.status == STATUS_APPLIED, f"{record.status}: {record.detail}"
     assert any("reading each of rows 101, 102, 103, 104" in note for note in record.notes), record.notes

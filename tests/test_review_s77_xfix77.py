@@ -104,10 +104,8 @@ def test_a_branch_on_the_length_of_a_concat_of_two_inputs_is_rolled_back(joined,
     assert "lengths the rewrite compares together" in record.detail
 
 
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    """``x[B, L, C] -> x * 1.5``."""
-    path = tmp_path_factory.mktemp("xfix77") / "plain.onnx"
+def plain_model(path) -> None:
+    """``x[B, L, C] -> x * 1.5``, at ``path``."""
     half = helper.make_tensor("factor", TensorProto.FLOAT, [], [1.5])
     proto = _model(
         [helper.make_node("Mul", ["x", "factor"], ["y"])],
@@ -116,6 +114,13 @@ def plain(tmp_path_factory):
         [half],
     )
     ir.save(ir.from_proto(proto), path)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """``plain_model``."""
+    path = tmp_path_factory.mktemp("xfix77") / "plain.onnx"
+    plain_model(path)
     return path
 
 
