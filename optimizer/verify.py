@@ -5359,7 +5359,7 @@ def rewritten_windows(before: ir.Model, candidate: ir.Model) -> list[int]:
         return [
             node.attributes.get_int("local_window_size", -1)
             for graph in graphs
-            for node in ir.traversal.RecursiveGraphIterator(graph)
+            for node in _nodes_and_subgraphs(graph)
             if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
         ]
 
