@@ -67,7 +67,7 @@ from optimizer.inputs import (
     _uses_reached,
     runtime_inputs,
 )
-from optimizer.padding import nodes_within
+from optimizer.padding import nodes_and_subgraphs
 from optimizer.runtime import constant_value, run_model
 
 
@@ -1636,7 +1636,7 @@ def _called_with_graphs(model: ir.Model) -> list[ir.OperatorIdentifier]:
     for body in bodies:
         # Not onnx-ir's recursive iterator: it raises on a function's graph attribute that refers to its caller's
         # (a Loop whose body the call gives), and the lengths' walk failed there after review s77 late77h.
-        for node in (found_node for top in body for found_node in (top, *nodes_within(top))):
+        for node in nodes_and_subgraphs(body):
             function = model.functions.get(node.op_identifier())
             if function is None:
                 continue
@@ -1661,7 +1661,7 @@ def _inlined(model: ir.Model) -> ir.Model:
     review s77 late77h). Left as it is where the inliner refuses (calls in a cycle). Within ``inlined_once``, the copy
     made for a model before."""
     if not model.functions or not any(
-        node.op_identifier() in model.functions for top in model.graph for node in (top, *nodes_within(top))
+        node.op_identifier() in model.functions for node in nodes_and_subgraphs(model.graph)
     ):
         return model
     kept = _INLINED.get()

@@ -25,7 +25,7 @@ import onnx_ir as ir
 
 from optimizer.domains import is_onnx_domain
 from optimizer.errors import RuntimeRefusedError
-from optimizer.padding import nodes_within
+from optimizer.padding import nodes_and_subgraphs, nodes_within
 from optimizer.runtime import budget_runs, exposing, inference_session, run_session
 
 # Ops whose outputs change from run to run; outputs that depend on them are not compared. A Dropout draws its mask
@@ -139,7 +139,7 @@ def _values_read(node: ir.Node) -> Iterator[ir.Value]:
     if node.op_type == "If" and is_onnx_domain(node) and (condition := _fixed(node.inputs[0])) is not None:
         taken = node.attributes.get("then_branch" if bool(np.all(condition)) else "else_branch")
         branch = taken.as_graph() if taken is not None and not taken.is_ref() else None
-        inner_nodes = (inner for top in branch or () for inner in (top, *nodes_within(top)))
+        inner_nodes = nodes_and_subgraphs(branch) if branch is not None else iter(())
     for inner in inner_nodes:
         yield from (value for value in inner.inputs if value is not None)
 
@@ -706,7 +706,7 @@ def _shapes(batch: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
 def _may_draw_anywhere(model: ir.Model) -> bool:
     """Whether a node of ``model``'s graph, of a subgraph or of a local function may draw (``may_draw``)."""
     graphs = [model.graph, *(function.graph for function in model.functions.values())]
-    return any(may_draw(node) for graph in graphs for top in graph for node in (top, *nodes_within(top)))
+    return any(may_draw(node) for graph in graphs for node in nodes_and_subgraphs(graph))
 
 
 def _same_run(first: Any, second: Any) -> bool:

@@ -1600,6 +1600,14 @@ def nodes_within(node: ir.Node) -> Iterator[ir.Node]:
                 yield from nodes_within(inner)
 
 
+def nodes_and_subgraphs(graph: ir.Graph) -> Iterator[ir.Node]:
+    """``graph``'s nodes and those of their subgraphs, however deep (not onnx-ir's recursive iterator, which fails on a
+    function's graph attribute that refers to its caller's)."""
+    for node in graph:
+        yield node
+        yield from nodes_within(node)
+
+
 def padded_outputs(
     model: ir.Model,
     batch: Mapping[str, np.ndarray],

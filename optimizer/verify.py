@@ -99,6 +99,7 @@ from optimizer.padding import (
     hide_padded,
     mask_inputs,
     new_token_outputs,
+    nodes_and_subgraphs,
     nodes_within,
     padded_caches,
     paddings,
@@ -2058,7 +2059,7 @@ def rounded_decisions(model: ir.Model) -> list[str]:
             data.update(id(value) for value in node.outputs)
     nested = [inner for node in reversed(on_path) for inner in nodes_within(node)]
     # A function's values record no dtype: read as floats there (a rounding op's input is one anywhere).
-    local = [node for function in model.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+    local = [node for function in model.functions.values() for node in nodes_and_subgraphs(function.graph)]
     untyped = {id(node) for node in local}
     found = []
     for node, top in [*((node, True) for node in reversed(on_path)), *((node, False) for node in [*nested, *local])]:
@@ -2643,14 +2644,6 @@ def _streamed_drift(
                     yield samples_first(before, moved), samples_first(after, moved)
 
         return paired_drift(pairs(), *class_score_layout(original), argmax_outputs(original))
-
-
-def _nodes_and_subgraphs(graph: ir.Graph) -> Iterator[ir.Node]:
-    """``graph``'s nodes and those of their subgraphs (not onnx-ir's recursive iterator, which fails on a function's
-    graph attribute that refers to its caller's)."""
-    for node in graph:
-        yield node
-        yield from nodes_within(node)
 
 
 def _dtype_key(dtype: np.dtype) -> str:
@@ -4827,7 +4820,7 @@ class Verifier:
         ``RandomNormalLike``): compared, every rewrite of such a model was rolled back as wrong, and one whose runs
         happened to agree was rolled back by chance. A draw in an untaken branch changes nothing, and its outputs
         are compared."""
-        bodies = [node for function in original.functions.values() for node in _nodes_and_subgraphs(function.graph)]
+        bodies = [node for function in original.functions.values() for node in nodes_and_subgraphs(function.graph)]
         if not any(may_draw(node) for node in [*ir.traversal.RecursiveGraphIterator(original.graph), *bodies]):
             return frozenset()
         drawn = drawn_outputs(original.graph, original.functions)
@@ -5359,7 +5352,7 @@ def rewritten_windows(before: ir.Model, candidate: ir.Model) -> list[int]:
         return [
             node.attributes.get_int("local_window_size", -1)
             for graph in graphs
-            for node in _nodes_and_subgraphs(graph)
+            for node in nodes_and_subgraphs(graph)
             if node.op_type == "GroupQueryAttention" and node.domain == MS_DOMAIN
         ]
 

@@ -114,7 +114,8 @@ def test_a_lone_body_initializer_shadowing_an_outer_one_is_still_renamed():
 # --- 2. a function's reference to its caller's graph attribute -------------------------------------------------
 
 
-def test_a_function_whose_loop_body_is_its_callers_graph_attribute_is_read():
+def loop_body_given_by_the_caller() -> onnx.ModelProto:
+    """``F(x)``, a model-local function whose ``Loop`` body is the graph its caller gives it (``body``)."""
     body = helper.make_graph(
         [helper.make_node("Identity", ["cin"], ["cout"]), helper.make_node("Add", ["v", "v"], ["v2"])],
         "b",
@@ -129,8 +130,7 @@ def test_a_function_whose_loop_body_is_its_callers_graph_attribute_is_read():
         ],
     )
     loop = helper.make_node("Loop", ["n", "t", "x"], ["y"])
-    reference = onnx.AttributeProto(name="body", ref_attr_name="body", type=onnx.AttributeProto.GRAPH)
-    loop.attribute.append(reference)
+    loop.attribute.append(onnx.AttributeProto(name="body", ref_attr_name="body", type=onnx.AttributeProto.GRAPH))
     constants = [
         helper.make_node("Constant", [], ["n"], value=helper.make_tensor("n", TensorProto.INT64, [], [2])),
         helper.make_node("Constant", [], ["t"], value=helper.make_tensor("t", TensorProto.BOOL, [], [True])),
@@ -145,7 +145,11 @@ def test_a_function_whose_loop_body_is_its_callers_graph_attribute_is_read():
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
-    model = helper.make_model(graph, opset_imports=opsets, functions=[function], ir_version=8)
+    return helper.make_model(graph, opset_imports=opsets, functions=[function], ir_version=8)
+
+
+def test_a_function_whose_loop_body_is_its_callers_graph_attribute_is_read():
+    model = loop_body_given_by_the_caller()
     onnx.checker.check_model(model, full_check=True)
     assert rename_shadowing_values(ir.from_proto(model)) == 0
     # And through optimize: the node count and the weights walk every graph without asking a reference for one
