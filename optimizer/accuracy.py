@@ -714,8 +714,9 @@ def residual_key(name: str, input_name: str, *, as_is: bool = False) -> str:
 
 
 def residual_scale_key(name: str, input_name: str) -> str:
-    """The key, beside output ``name`` in one run's outputs, of the scale (a float) at which ``residual_key`` takes
-    input ``input_name`` on that run (``with_residuals``)."""
+    """The key, beside output ``name`` in one run's outputs, of the scale (a float, or one per channel laid out as the
+    output is, ``_channel_scales``) at which ``residual_key`` takes input ``input_name`` on that run
+    (``with_residuals``)."""
     return name + _LESS + input_name + _SCALE
 
 
@@ -815,7 +816,8 @@ def with_residuals(
     the output's shape (the same shape, or a ``Reshape``/``Flatten`` of it: ``y [batch, 48]`` from ``x [batch, 3,
     16]``, review s76 late76j, or its axes in another order, ``_views``; the nearest, where several are), that output
     less the input at the scale the original's run gives it (``a``, the least-squares scale of the input in the
-    original's output; 1 for ``x + d``, 0.95 for an alpha blend ``0.95 x + d``) in both (``residual_key``): the part
+    original's output; 1 for ``x + d``, 0.95 for an alpha blend ``0.95 x + d``; one per channel where that leaves at
+    most half of what one leaves, ``_channel_scales``: ``w_c x + d``, a LayerScale) in both (``residual_key``): the part
     the model adds, which ``paired_drift`` scores on its own where every run has it, where further than
     ``_ADDED_FLOOR`` of the output from ``a x``, and then that scale (``residual_scale_key``). Where ``a x`` is further
     than ``_ADDED_FLOOR`` of the output from ``x``, the output less ``x`` as it is too (``residual_key(...,
@@ -889,6 +891,16 @@ def with_residuals(
             scale = scale if math.isfinite(scale) else 1.0
             scaled = x * scale
             part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
+        named_at: float | np.ndarray = scale
+        gap = abs(scale - 1.0) * math.sqrt(square)  # how far the input taken is from the input as it is
+        if part > _ADDED_FLOOR * norm and (fitted := _channel_scales(e, kept, part)) is not None:
+            # A scale per channel (``w_c x + d``, LayerScale): less one scale, the part was mostly ``(w_c - a) x``,
+            # which a rewrite dropping ``d`` keeps (it met the default floor until review s78 xfix78).
+            named_at, squares = fitted
+            scaled = x * named_at
+            with np.errstate(invalid="ignore", over="ignore"):
+                part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
+                gap = math.sqrt(float(np.sum((named_at - 1.0) ** 2 * squares)))
         if not math.isfinite(part):
             continue
         # Less the input as it is too, where that differs from less ``a x`` by more than float32 rounding of the
@@ -896,7 +908,7 @@ def with_residuals(
         # adds nothing less ``a x``, so a rewrite dropping the gain (``y = x``) read only its norm ratio, 0.995, and
         # met the default floor; less ``x`` its part is ``0.11 x``, which that rewrite drops (review s77 late77e).
         parts = [(residual_key(name, source), scaled, part)]
-        if abs(scale - 1.0) * math.sqrt(square) > _ADDED_FLOOR * norm:
+        if gap > _ADDED_FLOOR * norm:
             with np.errstate(invalid="ignore", over="ignore"):
                 unit = float(np.linalg.norm(np.where(zeroed, 0.0, e - x)))
             parts.append((residual_key(name, source, as_is=True), x, unit))
@@ -910,8 +922,45 @@ def with_residuals(
             added_before[key] = np.where(zeroed, 0.0, e - taken)
             added_after[key] = np.where(zeroed, 0.0, a - taken)
             if taken is scaled:  # the scale its part is named with
-                added_before[residual_scale_key(name, source)] = added_after[residual_scale_key(name, source)] = scale
+                added_before[residual_scale_key(name, source)] = named_at
+                added_after[residual_scale_key(name, source)] = named_at
     return added_before, added_after
+
+
+# A scale per channel (``_channel_scales``) is fitted only along an axis whose channels each hold at least this many
+# values (a fit of one value per channel is exact, whatever the model adds), and taken only where it leaves at most
+# this fraction of what one scale leaves: what a model adds that is not its input scaled per channel (a convolution,
+# an attention's output) loses about one value in as many as a channel holds to the fit, far from half.
+_CHANNEL_VALUES = 16
+_CHANNEL_LEFT = 0.5
+
+
+def _channel_scales(e: np.ndarray, kept: np.ndarray, part: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """The least-squares scale of input ``kept`` (read in output ``e``'s shape, positions left out 0 in both) in ``e``
+    for each channel along axis 1 (``[batch, C, H, W]``) or the last (``[batch, L, C]``), and the input's square norm
+    in each, shaped to broadcast over ``e``, where that leaves at most ``_CHANNEL_LEFT`` of ``part`` (what one scale
+    leaves) and less than the other axis does; else None. A part that is itself the input scaled per channel (``x +
+    (w_c - 1) x``) cannot be told from such a scale: it is the input at that scale and adds nothing, and is scored less
+    the input as it is (``with_residuals``), as a gain is."""
+    found: tuple[float, np.ndarray, np.ndarray] | None = None
+    axes = list(range(e.ndim))
+    whole = float(np.einsum(e, axes, e, axes, []))
+    for axis in dict.fromkeys((1, e.ndim - 1)) if e.ndim > 1 else ():
+        if e.shape[axis] < 2 or e.size < _CHANNEL_VALUES * e.shape[axis]:
+            continue
+        with np.errstate(invalid="ignore", over="ignore"):
+            square = np.einsum(kept, axes, kept, axes, [axis])
+            products = np.einsum(kept, axes, e, axes, [axis])
+            scales = np.divide(products, square, out=np.ones_like(square), where=square > 0)
+            # What the fit leaves, from the sums (``|e|² − Σ p_c² / q_c``): no more passes over the output.
+            left = math.sqrt(max(whole - float(np.sum(products * scales)), 0.0))
+        if not (np.isfinite(scales).all() and math.isfinite(left)):
+            continue
+        if left <= _CHANNEL_LEFT * part and (found is None or left < found[0]):
+            shape = [1] * e.ndim
+            shape[axis] = e.shape[axis]
+            found = (left, scales.reshape(shape), square.reshape(shape))
+    return None if found is None else found[1:]
 
 
 def _part_name(name: str, input_name: str, as_is: bool) -> str:
@@ -920,26 +969,43 @@ def _part_name(name: str, input_name: str, as_is: bool) -> str:
     return residual_name(name, input_name) + (" as is" if as_is else "")
 
 
-def _rows_adding(part: np.ndarray, output: np.ndarray) -> np.ndarray:
+def _rows_adding(part: np.ndarray, output: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
     """Which samples (rows along axis 0) of ``part``, what the original's ``output`` adds to an input it mostly is
     (``with_residuals``), hold any: not zeros (padding, or the original's output its input there at a scale of 1),
     nor, where every such row shares one, within ``_ADDED_FLOOR`` of that row of the output the input at another
     scale than the run's (samples of an alpha blend ``0.95 x + g d`` whose gate is 0). Such a row's part is what is
     left of fitting one scale to the whole run (``(0.95 - a) x``), about 1e-3 of the output where ``d`` is at right
     angles to ``x``: against an fp16 rewrite's rounding it read a cosine of -1, and rolled the rewrite back (review s77
-    late77b)."""
-    part, output = part.reshape(len(part), -1), output.reshape(len(output), -1)
+    late77b). Given ``channels`` (the scales per channel the part was taken at, ``_channel_scales``, laid out as
+    ``output`` is), a scale per channel alike (``(w_c - a_c) x``, gates of 0 in ``w_c x + g d``)."""
+    axis = _channel_axis(channels, part) if channels is not None else None
+    if axis is not None:
+        part, output = np.moveaxis(part, axis, 1), np.moveaxis(output, axis, 1)
+    width = part.shape[1] if axis is not None else 1
+    part, output = part.reshape(len(part), width, -1), output.reshape(len(output), width, -1)
     scaled = output - part  # the input at the run's scale (or as it is, where the part was zeroed)
-    square = np.sum(scaled * scaled, axis=1)
-    fit = np.divide(np.sum(part * scaled, axis=1), square, out=np.zeros(len(part)), where=square > 0)
-    left = np.linalg.norm(part - fit[:, np.newaxis] * scaled, axis=1)
-    rows = (part != 0).any(axis=1)
-    nothing = rows & (left <= _ADDED_FLOOR * np.linalg.norm(output, axis=1))
+    square = np.sum(scaled * scaled, axis=2)
+    fit = np.divide(np.sum(part * scaled, axis=2), square, out=np.zeros(square.shape), where=square > 0)
+    left = np.linalg.norm((part - fit[:, :, np.newaxis] * scaled).reshape(len(part), -1), axis=1)
+    rows = (part != 0).reshape(len(part), -1).any(axis=1)
+    nothing = rows & (left <= _ADDED_FLOOR * np.linalg.norm(output.reshape(len(output), -1), axis=1))
     # Only where those rows share one scale, the model's (a blend's alpha): a scale of each sample's own is a gain
     # computed from it (``x (1 + g)``), what the model adds; left out, a rewrite dropping it read only its norm ratio.
-    if nothing.any() and np.ptp(fit[nothing]) <= _ADDED_FLOOR:
+    if nothing.any() and np.ptp(fit[nothing], axis=0).max() <= _ADDED_FLOOR:
         rows &= ~nothing
     return rows
+
+
+def _channel_axis(channels: np.ndarray, part: np.ndarray) -> int | None:
+    """The axis of ``part`` (rows along axis 0) along which ``channels`` (scales per channel laid out as it is) vary,
+    where each row holds ``_CHANNEL_VALUES`` values of each channel or more: a row's fit of one value a channel is
+    exact, whatever it adds. None where they vary along the rows (a sequence-major output's batch) or no such axis."""
+    if channels.ndim != part.ndim or channels.shape[0] != 1:
+        return None
+    axes = [axis for axis, size in enumerate(channels.shape) if size > 1]
+    if len(axes) != 1 or part[:1].size < _CHANNEL_VALUES * part.shape[axes[0]]:
+        return None
+    return axes[0]
 
 
 def output_drift(
@@ -1160,9 +1226,11 @@ def paired_drift(
                 # The part the model adds to an input it mostly is (``with_residuals``), less the input at the scale
                 # the original gives it and as it is: beside the input its loss is not seen. A run without the part
                 # as it is has the two within float32 rounding: it counts as one that has it.
-                if isinstance(scale := expected_run.get(residual_scale_key(name, source)), float):
-                    bounds = taken_at.setdefault(_part_name(name, source, False), [scale, scale])
-                    bounds[:] = min(bounds[0], scale), max(bounds[1], scale)
+                scale = expected_run.get(residual_scale_key(name, source))
+                if isinstance(scale, float) or isinstance(scale, np.ndarray) and scale.size:  # or one per channel
+                    low, high = float(np.min(scale)), float(np.max(scale))
+                    bounds = taken_at.setdefault(_part_name(name, source, False), [low, high])
+                    bounds[:] = min(bounds[0], low), max(bounds[1], high)
                 for as_is in (False, True):
                     key, part = residual_key(name, source, as_is=as_is), _part_name(name, source, as_is)
                     residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1, as_is)
@@ -1185,7 +1253,8 @@ def paired_drift(
                         )
                         e, a = e[rows], a[rows]
                     elif e.ndim > 1 and e.size != len(e):
-                        rows = _rows_adding(e, parts[0][1])
+                        channels = expected_run.get(residual_scale_key(*residuals[scored_name][:2]))
+                        rows = _rows_adding(e, parts[0][1], channels if isinstance(channels, np.ndarray) else None)
                         e, a = e[rows], a[rows]
                 if e.ndim <= 1 or e.size == len(e):
                     sums = single.setdefault(scored_name, [0.0, 0.0])

@@ -1437,18 +1437,59 @@ def _compared_sides(
     for key, lengths in _lengths_met(meets, sizes, bindings):
         found.setdefault(str(key) if isinstance(key, _Product) else key, {}).update(dict.fromkeys(lengths))
     combined += _concatenated_lengths(model, sizes)
-    # Two lengths an ``Add`` or ``Sub`` joins (``Shape(a)[1] + Shape(b)[1] == 7``): their sum's comparisons, read in
-    # the sum's own value (``lengths_combined``).
-    for node, ends in _met_pairs(meets, ("Add", "Sub")):
-        (a, factor_a, scale_a, offset_a), (b, factor_b, scale_b, offset_b) = ends
-        if type(a) is not str or type(b) is not str or a == b or not a or not b:
+    combined += _summed_lengths(meets, sizes)
+    return found, compared, products, combined
+
+
+# The most lengths one sum of ``_summed_lengths`` adds, and the most ``Add``s and ``Sub``s of lengths it follows in a
+# model: each is one walk of the sum's uses.
+_MOST_SUMMED_LENGTHS = 8
+_MOST_SUMS = 64
+
+
+def _summed_lengths(meets: Sequence[_Met], sizes: Mapping[str, int] | None) -> list[_Combined]:
+    """A sum (``_Combined``) for each ``Add`` or ``Sub`` that joins two lengths of ``meets`` (``Shape(a)[1] +
+    Shape(b)[1] == 7``, or their difference), or a sum so and another length or sum (``Shape(a)[1] + Shape(b)[1] +
+    Shape(c)[1] == 7`` through nested ``Add``s: a linear combination of the lengths), whose value the graph compares
+    with constants, read in the sum's own value (``lengths_combined``): of distinct named dims, up to
+    ``_MOST_SUMMED_LENGTHS`` of them, and ``_MOST_SUMS`` such nodes in all. A sum of three was not followed, and a
+    rewrite's branch where it held verified, until review s78 xfix78."""
+    # What each input of an ``Add`` or ``Sub`` holds: the dims summed and each one's scale and offset.
+    held: dict[tuple[int, int], tuple[tuple[str, ...], tuple[float, ...]]] = {}
+    nodes: dict[int, ir.Node] = {}
+    for node, index, key, factor, scale, offset in meets:
+        if node.op_type in ("Add", "Sub"):
+            nodes[id(node)] = node
+            if type(key) is str and key:
+                held[(id(node), index)] = ((key,), (scale * factor, offset))
+    ready = [node for node in nodes.values() if (id(node), 0) in held and (id(node), 1) in held]
+    read: set[int] = set()
+    found: list[_Combined] = []
+    while ready and len(read) < _MOST_SUMS:
+        node = ready.pop(0)
+        if id(node) in read:
+            continue
+        read.add(id(node))
+        (dims_a, terms_a), (dims_b, terms_b) = held[(id(node), 0)], held[(id(node), 1)]
+        dims = (*dims_a, *dims_b)
+        if len(set(dims)) != len(dims) or len(dims) > _MOST_SUMMED_LENGTHS:
             continue
         sign = -1.0 if node.op_type == "Sub" else 1.0
-        sides = [(lengths, side) for _, lengths, side in _lengths_compared(node.outputs[0], [(_VALUE, 1.0)], sizes)]
+        terms = (*terms_a, *(sign * number for number in terms_b))
+        further: list[_Met] = []  # the sum's own uses by an ``Add`` or ``Sub`` of what is no constant
+        compared = _lengths_compared(node.outputs[0], [(_VALUE, 1.0)], sizes, further)
+        sides = [(lengths, side) for _, lengths, side in compared]
         if sides:
-            terms = (scale_a * factor_a, offset_a, sign * scale_b * factor_b, sign * offset_b)
-            combined.append(("sum", (a, b), terms, sides))
-    return found, compared, products, combined
+            found.append(("sum", dims, terms, sides))
+        for user, index, key, _, scale, offset in further:
+            if key is not _VALUE or user.op_type not in ("Add", "Sub"):
+                continue
+            scaled = [scale * number for number in terms]
+            scaled[1] += offset  # the offset put on the sum, on its first dim's
+            held[(id(user), index)] = (dims, tuple(scaled))
+            if (id(user), 1 - index) in held:
+                ready.append(user)
+    return found
 
 
 def _concatenated_lengths(model: ir.Model, sizes: Mapping[str, int] | None) -> list[_Combined]:

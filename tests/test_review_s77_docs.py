@@ -12,14 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 77, and the README words that name its limit.
-_NAMED: dict[str, str] = {
-    "test_a_part_added_to_its_input_scaled_per_channel_is_scored_on_its_own": (
-        "One scale is fitted per batch, not one per channel: a part added to its input scaled per channel"
-    ),
-    "test_a_branch_on_a_sum_of_three_lengths_is_rolled_back": (
-        "A sum of three or more lengths through `Add`s is not followed: no set is drawn where it holds"
-    ),
-}
+_NAMED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ constant (``compared_inputs.lengths_combined``).
   branch at ``L == 7`` verified (fixed: the copy's functions are read at the model's opsets; the model is untouched).
 - A way of a sum or product whose tries ran out inside its search (``_MOST_COMBINED_TRIES``, shared across a call) was
   dropped unsaid, not counted in the note as those past the tries before it are (fixed: counted).
-- A sum of three lengths (``Shape(a)[1] + Shape(b)[1] + Shape(c)[1] == 7``) is not followed: a strict xfail, named in
-  README.
+- A sum of three lengths (``Shape(a)[1] + Shape(b)[1] + Shape(c)[1] == 7``) was not followed: a strict xfail here, fixed
+  in review s78 xfix78.
 """
 
 from __future__ import annotations
@@ -176,7 +176,6 @@ class _ScaledWhereTheThreeLengthsAddToSeven(_ScaledWhere):
         return new
 
 
-@pytest.mark.xfail(strict=True, reason="a sum of three lengths is not followed: no set is drawn where it holds")
 def test_a_branch_on_a_sum_of_three_lengths_is_rolled_back(joined_three, tmp_path):
     record = _verdict(joined_three, _ScaledWhereTheThreeLengthsAddToSeven, tmp_path)
     assert record.status == STATUS_ROLLED_BACK, (record.status, record.detail)
