@@ -1,4 +1,4 @@
-"""The CPU's int8 dot-product features, and the int8 weight range they call for.
+"""The CPU's int8 dot-product features, and the int8 weight range they call for; its float Conv block.
 
 Detection is archspec's (Spack's CPU database, pure Python, no dependencies): on Linux it
 reads the kernel's flags, on macOS ``sysctl``, on Windows the ``cpuid`` instruction; a
@@ -8,7 +8,9 @@ features the database lists for it. graphopt only asks which of these it has:
 - ``avx2``: x86's 256-bit integer SIMD, ONNX Runtime's baseline U8S8 kernels;
 - ``avx512_vnni``, ``avx_vnni``: one instruction multiplies u8 by s8 and adds into int32;
 - ``amx_int8``: Intel's tile multiply (int32 accumulation);
-- ``asimddp`` (ARM's ``dotprod``): the ARM int8 dot product.
+- ``asimddp`` (ARM's ``dotprod``): the ARM int8 dot product;
+- ``avx512f``: x86's 512-bit SIMD, where ONNX Runtime's blocked (NCHWc) float Convs take 16 channels a block
+  (8 on AVX2): ``CpuFeatures.nchwc_block``, the multiple channel pruning keeps.
 
 Why the weight range follows them: without VNNI, ONNX Runtime's x86 U8S8 kernels add
 pairs of u8*s8 products in int16 (``vpmaddubsw``), which saturates when full-range int8
@@ -36,6 +38,7 @@ _FEATURE_NAMES = {
     "avx_vnni": ("avx_vnni", "avxvnni"),
     "amx_int8": ("amx_int8",),
     "arm_dotprod": ("asimddp", "dotprod"),
+    "avx512f": ("avx512f",),  # not an int8 feature: left out of ``describe`` (and so of timing caches' keys)
 }
 _LABELS = {
     "avx2": "AVX2",
@@ -66,6 +69,12 @@ class CpuFeatures:
         if self.arch == "arm":
             return True
         return self.arch == "x86" and bool(self.features & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+    @property
+    def nchwc_block(self) -> int:
+        """Channels a block of ONNX Runtime's blocked (NCHWc) float Conv layout holds here: 16 where its MLAS
+        kernels use AVX-512F, else 8 (AVX2's; elsewhere a harmless guess: a multiple of 8 is one of 4 too)."""
+        return 16 if self.arch == "x86" and "avx512f" in self.features else 8
 
     def describe(self) -> str:
         """``x86: AVX2, AVX-512 VNNI`` (the features found, in a fixed order), for reports."""

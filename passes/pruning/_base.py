@@ -41,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from optimizer.accuracy import AccuracyBudget, Drift
+from optimizer.cpu_features import detect as cpu_features
 from optimizer.domains import is_onnx_domain, is_onnx_op
 from optimizer.draws import budget_references, left_out_note
 from optimizer.options import IMPORTANCE_KINDS
@@ -76,9 +77,11 @@ IMPORTANCE = IMPORTANCE_KINDS
 _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
-# Conv channel groups keep a multiple of this many channels (ORT's NCHWc block on AVX2/AVX-512 is 8/16);
-# groups whose width is not such a multiple of at least 32, a multiple of NARROW_CHANNEL_MULTIPLE.
-CHANNEL_MULTIPLE = 8
+# Conv channel groups keep a multiple of ONNX Runtime's NCHWc block (None: this CPU's, ``CpuFeatures.nchwc_block``:
+# 16 channels with AVX-512F, else 8): ONNX Runtime pads a count to its block, so on AVX-512 a count 8 off a multiple
+# of 16 ran as slow as the next multiple up (an 88-channel layer as 96, docs/benchmarks.md). Narrower groups keep a
+# multiple of half as many, down to NARROW_CHANNEL_MULTIPLE, the least that stays blocked (_alignment).
+CHANNEL_MULTIPLE: int | None = None
 NARROW_CHANNEL_MULTIPLE = 4
 # Calibration samples (at least) that measure each group's gain for the global ranking.
 _GAIN_SAMPLES = 64
@@ -281,6 +284,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if held_out and self.drift is not None and (caveat := few_held_out(batches, model)):
             self.note(caveat)
         self.note(self._decisions(groups, removals))
+        if rounded := _rounding_note([g for g in groups if g.name in self.pruned]):
+            self.note(rounded)
         if self.samples_generated:
             self.note("no --calibration data: ranked by weight magnitude, not re-fitted")
         if repairable:
@@ -663,16 +668,19 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[int]:
     """``kept``, for a Conv channel group, rounded to the nearest multiple of the group's alignment (the
     strongest units first; a tie keeps more): ``CHANNEL_MULTIPLE`` for groups whose width is a multiple
-    of it and at least four of it (32, 40, …), else ``NARROW_CHANNEL_MULTIPLE`` likewise (16–28, 36,
-    44, …); other widths unchanged (12, 1050, …: too narrow to round without cutting all or nothing,
-    or no multiple divides them).
+    of it and at least four of it (32, 40, … with the block of 8; 64, 80, … with 16), else half of it
+    likewise (32–56 with 16), down to ``NARROW_CHANNEL_MULTIPLE`` (16–28, 36, 44, …); other widths
+    unchanged (12, 1050, …: too narrow to round without cutting all or nothing, or no multiple divides them).
 
-    ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on AVX2)
-    only when the channel counts are multiples of the block: EfficientNet-Lite0 with 25 %
-    of its expansion channels cut to counts like 1050 ran 2.4× *slower* than the original.
+    ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on AVX2, 16 on
+    AVX-512F) only when the channel counts are multiples of 4, each padded with zero filters up to
+    the block (seen in the session-optimized model): EfficientNet-Lite0 with 25 % of its expansion
+    channels cut to counts like 1050 ran 2.4× *slower* than the original, and a count off the block
+    costs what the block above it costs.
     Narrow groups too (benchmarks/conv_channel_counts.py, AVX2, one thread): a 1×1 Conv
     32 → C → 96 at 112×112 with C of 9–11 or 13–15 ran 1.34–1.53× the time of C = 16,
-    12 in 1.01–1.04 of it, 8 in 0.81.
+    12 in 1.01–1.04 of it, 8 in 0.81. On AVX-512 (Zen 4, one thread) C = 88 ran 1.01× the time
+    of 96, 72 as 80, 56 as 64: a cut of 8 there saves nothing.
     """
     multiple = _alignment(group)
     if multiple is None or len(kept) == group.size:
@@ -689,10 +697,36 @@ def _alignment(group: ChannelGroup) -> int | None:
     no multiple divides with room to round without cutting all or nothing)."""
     if group.kind != "channels":
         return None
-    for multiple in (CHANNEL_MULTIPLE, NARROW_CHANNEL_MULTIPLE):
+    for multiple in _multiples():
         if group.size % multiple == 0 and group.size >= 4 * multiple:
             return multiple
     return None
+
+
+def _multiples() -> tuple[int, ...]:
+    """The alignments tried, widest first: the block, its halves while above ``NARROW_CHANNEL_MULTIPLE``, then
+    that (16, 8, 4 with AVX-512F; 8, 4 without)."""
+    multiples = [_block()]
+    while multiples[-1] // 2 > NARROW_CHANNEL_MULTIPLE:
+        multiples.append(multiples[-1] // 2)
+    return (*multiples, NARROW_CHANNEL_MULTIPLE)
+
+
+def _block() -> int:
+    """The NCHWc block kept counts are multiples of: ``CHANNEL_MULTIPLE``, else this CPU's."""
+    return CHANNEL_MULTIPLE or cpu_features().nchwc_block
+
+
+def _rounding_note(groups: Sequence[ChannelGroup]) -> str | None:
+    """What the kept Conv channel counts were rounded to, and why (None where no group is rounded)."""
+    multiples = sorted({m for g in groups if (m := _alignment(g)) is not None}, reverse=True)
+    if not multiples:
+        return None
+    shown = " or ".join(str(m) for m in multiples)
+    return (
+        f"Conv channel counts kept as multiples of {shown}: ONNX Runtime's NCHWc Conv block on this CPU is "
+        f"{_block()} channels (16 with AVX-512F, 8 without); off it a cut saves no time"
+    )
 
 
 def _describe_ratios(ratios: Mapping[str | None, float]) -> str:
