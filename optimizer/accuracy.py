@@ -937,29 +937,43 @@ _CHANNEL_LEFT = 0.5
 
 def _channel_scales(e: np.ndarray, kept: np.ndarray, part: float) -> tuple[np.ndarray, np.ndarray] | None:
     """The least-squares scale of input ``kept`` (read in output ``e``'s shape, positions left out 0 in both) in ``e``
-    for each channel along axis 1 (``[batch, C, H, W]``) or the last (``[batch, L, C]``), and the input's square norm
-    in each, shaped to broadcast over ``e``, where that leaves at most ``_CHANNEL_LEFT`` of ``part`` (what one scale
-    leaves) and less than the other axis does; else None. A part that is itself the input scaled per channel (``x +
-    (w_c - 1) x``) cannot be told from such a scale: it is the input at that scale and adds nothing, and is scored less
-    the input as it is (``with_residuals``), as a gain is."""
+    for each channel along axis 1 (``[batch, C, H, W]``), the last (``[batch, L, C]``) or another after the first
+    (``[batch, H, C, W]``: not tried, a rewrite dropping ``d`` met the default floor until review s78 late78a), and the
+    input's square norm in each, shaped to broadcast over ``e``, where that leaves at most ``_CHANNEL_LEFT`` of
+    ``part`` (what one scale leaves) and less than the other axes do; else None. Where each sample (along axis 0)
+    holds ``_CHANNEL_VALUES`` values of each channel too, a scale for each sample and channel where that leaves at most
+    ``_CHANNEL_LEFT`` of what the one taken leaves (a squeeze-and-excitation gain, ``g_bc x + d``: one sample's is
+    fitted per channel, and a batch of two or more left ``(g_bc - a_c) x``, which a rewrite dropping ``d`` kept,
+    review s78 late78a). A part that is itself the input scaled per channel (``x + (w_c - 1) x``) cannot be told from
+    such a scale: it is the input at that scale and adds nothing, and is scored less the input as it is
+    (``with_residuals``), as a gain is."""
     found: tuple[float, np.ndarray, np.ndarray] | None = None
     axes = list(range(e.ndim))
     whole = float(np.einsum(e, axes, e, axes, []))
-    for axis in dict.fromkeys((1, e.ndim - 1)) if e.ndim > 1 else ():
+    for axis in dict.fromkeys((1, e.ndim - 1, *range(2, e.ndim - 1))) if e.ndim > 1 else ():
         if e.shape[axis] < 2 or e.size < _CHANNEL_VALUES * e.shape[axis]:
             continue
         with np.errstate(invalid="ignore", over="ignore"):
-            square = np.einsum(kept, axes, kept, axes, [axis])
-            products = np.einsum(kept, axes, e, axes, [axis])
-            scales = np.divide(products, square, out=np.ones_like(square), where=square > 0)
-            # What the fit leaves, from the sums (``|e|² − Σ p_c² / q_c``): no more passes over the output.
-            left = math.sqrt(max(whole - float(np.sum(products * scales)), 0.0))
-        if not (np.isfinite(scales).all() and math.isfinite(left)):
-            continue
-        if left <= _CHANNEL_LEFT * part and (found is None or left < found[0]):
-            shape = [1] * e.ndim
-            shape[axis] = e.shape[axis]
-            found = (left, scales.reshape(shape), square.reshape(shape))
+            # Per sample and channel (one pass each), summed over the samples for per channel.
+            squares = np.einsum(kept, axes, kept, axes, [0, axis])
+            products = np.einsum(kept, axes, e, axes, [0, axis])
+        reference = part
+        each = len(e) > 1 and e[:1].size >= _CHANNEL_VALUES * e.shape[axis]
+        fits = [(squares.sum(axis=0), products.sum(axis=0))] + ([(squares, products)] if each else [])
+        for square, product in fits:
+            with np.errstate(invalid="ignore", over="ignore"):
+                scales = np.divide(product, square, out=np.ones_like(square), where=square > 0)
+                # What the fit leaves, from the sums (``|e|² − Σ p_c² / q_c``): no more passes over the output.
+                left = math.sqrt(max(whole - float(np.sum(product * scales)), 0.0))
+            if not (np.isfinite(scales).all() and math.isfinite(left)) or left > _CHANNEL_LEFT * reference:
+                continue
+            reference = left
+            if found is None or left < found[0]:
+                shape = [1] * e.ndim
+                shape[axis] = e.shape[axis]
+                if scales.ndim == 2:
+                    shape[0] = e.shape[0]
+                found = (left, scales.reshape(shape), square.reshape(shape))
     return None if found is None else found[1:]
 
 
@@ -977,8 +991,13 @@ def _rows_adding(part: np.ndarray, output: np.ndarray, channels: np.ndarray | No
     left of fitting one scale to the whole run (``(0.95 - a) x``), about 1e-3 of the output where ``d`` is at right
     angles to ``x``: against an fp16 rewrite's rounding it read a cosine of -1, and rolled the rewrite back (review s77
     late77b). Given ``channels`` (the scales per channel the part was taken at, ``_channel_scales``, laid out as
-    ``output`` is), a scale per channel alike (``(w_c - a_c) x``, gates of 0 in ``w_c x + g d``)."""
+    ``output`` is), a scale per channel alike (``(w_c - a_c) x``, gates of 0 in ``w_c x + g d``). Where a row holds
+    fewer than ``_CHANNEL_VALUES`` values of each channel (``[batch, C]``), a row's own fit per channel is exact
+    whatever it adds: the scales are then those of the row adding least, and rows within ``_ADDED_FLOOR`` of them (two
+    or more) add nothing (kept, a gated row of ``w_c x + g d`` laid out ``[32, 8]`` read 0.92 against an fp16
+    rewrite, review s78 late78a)."""
     axis = _channel_axis(channels, part) if channels is not None else None
+    few = axis is not None and part[:1].size < _CHANNEL_VALUES * part.shape[axis]
     if axis is not None:
         part, output = np.moveaxis(part, axis, 1), np.moveaxis(output, axis, 1)
     width = part.shape[1] if axis is not None else 1
@@ -986,9 +1005,17 @@ def _rows_adding(part: np.ndarray, output: np.ndarray, channels: np.ndarray | No
     scaled = output - part  # the input at the run's scale (or as it is, where the part was zeroed)
     square = np.sum(scaled * scaled, axis=2)
     fit = np.divide(np.sum(part * scaled, axis=2), square, out=np.zeros(square.shape), where=square > 0)
-    left = np.linalg.norm((part - fit[:, :, np.newaxis] * scaled).reshape(len(part), -1), axis=1)
     rows = (part != 0).reshape(len(part), -1).any(axis=1)
+    if few and rows.any():  # the scales of the row whose part is least of its output
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.linalg.norm(part.reshape(len(part), -1), axis=1) / np.linalg.norm(
+                output.reshape(len(output), -1), axis=1
+            )
+        fit = np.broadcast_to(fit[np.argmin(np.where(rows & np.isfinite(share), share, np.inf))], fit.shape)
+    left = np.linalg.norm((part - fit[:, :, np.newaxis] * scaled).reshape(len(part), -1), axis=1)
     nothing = rows & (left <= _ADDED_FLOOR * np.linalg.norm(output.reshape(len(output), -1), axis=1))
+    if few and nothing.sum() < 2:  # one row alone matches its own scales: nothing shared
+        nothing[:] = False
     # Only where those rows share one scale, the model's (a blend's alpha): a scale of each sample's own is a gain
     # computed from it (``x (1 + g)``), what the model adds; left out, a rewrite dropping it read only its norm ratio.
     if nothing.any() and np.ptp(fit[nothing], axis=0).max() <= _ADDED_FLOOR:
@@ -997,15 +1024,12 @@ def _rows_adding(part: np.ndarray, output: np.ndarray, channels: np.ndarray | No
 
 
 def _channel_axis(channels: np.ndarray, part: np.ndarray) -> int | None:
-    """The axis of ``part`` (rows along axis 0) along which ``channels`` (scales per channel laid out as it is) vary,
-    where each row holds ``_CHANNEL_VALUES`` values of each channel or more: a row's fit of one value a channel is
-    exact, whatever it adds. None where they vary along the rows (a sequence-major output's batch) or no such axis."""
+    """The axis of ``part`` (rows along axis 0) along which ``channels`` (scales per channel laid out as it is) vary.
+    None where they vary along the rows (a sequence-major output's batch) or no such axis."""
     if channels.ndim != part.ndim or channels.shape[0] != 1:
         return None
     axes = [axis for axis, size in enumerate(channels.shape) if size > 1]
-    if len(axes) != 1 or part[:1].size < _CHANNEL_VALUES * part.shape[axes[0]]:
-        return None
-    return axes[0]
+    return axes[0] if len(axes) == 1 else None
 
 
 def output_drift(

@@ -1441,8 +1441,9 @@ def _compared_sides(
     return found, compared, products, combined
 
 
-# The most lengths one sum of ``_summed_lengths`` adds, and the most ``Add``s and ``Sub``s of lengths it follows in a
-# model: each is one walk of the sum's uses.
+# The most lengths one sum of ``_summed_lengths`` adds, and the most ``Add``s and ``Sub``s of three or more lengths it
+# follows in a model: each is one walk of the sum's uses (a sum of two is followed wherever it is, as before review s78
+# xfix78: counted too, one compared after 64 others was no longer drawn, review s78 late78a).
 _MOST_SUMMED_LENGTHS = 8
 _MOST_SUMS = 64
 
@@ -1452,8 +1453,8 @@ def _summed_lengths(meets: Sequence[_Met], sizes: Mapping[str, int] | None) -> l
     Shape(b)[1] == 7``, or their difference), or a sum so and another length or sum (``Shape(a)[1] + Shape(b)[1] +
     Shape(c)[1] == 7`` through nested ``Add``s: a linear combination of the lengths), whose value the graph compares
     with constants, read in the sum's own value (``lengths_combined``): of distinct named dims, up to
-    ``_MOST_SUMMED_LENGTHS`` of them, and ``_MOST_SUMS`` such nodes in all. A sum of three was not followed, and a
-    rewrite's branch where it held verified, until review s78 xfix78."""
+    ``_MOST_SUMMED_LENGTHS`` of them, and ``_MOST_SUMS`` sums of three or more in all (of two, every one). A sum of
+    three was not followed, and a rewrite's branch where it held verified, until review s78 xfix78."""
     # What each input of an ``Add`` or ``Sub`` holds: the dims summed and each one's scale and offset.
     held: dict[tuple[int, int], tuple[tuple[str, ...], tuple[float, ...]]] = {}
     nodes: dict[int, ir.Node] = {}
@@ -1465,15 +1466,17 @@ def _summed_lengths(meets: Sequence[_Met], sizes: Mapping[str, int] | None) -> l
     ready = [node for node in nodes.values() if (id(node), 0) in held and (id(node), 1) in held]
     read: set[int] = set()
     found: list[_Combined] = []
-    while ready and len(read) < _MOST_SUMS:
+    nested = 0  # sums of three or more lengths followed
+    while ready:
         node = ready.pop(0)
         if id(node) in read:
             continue
         read.add(id(node))
         (dims_a, terms_a), (dims_b, terms_b) = held[(id(node), 0)], held[(id(node), 1)]
         dims = (*dims_a, *dims_b)
-        if len(set(dims)) != len(dims) or len(dims) > _MOST_SUMMED_LENGTHS:
+        if len(set(dims)) != len(dims) or len(dims) > _MOST_SUMMED_LENGTHS or len(dims) > 2 and nested >= _MOST_SUMS:
             continue
+        nested += len(dims) > 2
         sign = -1.0 if node.op_type == "Sub" else 1.0
         terms = (*terms_a, *(sign * number for number in terms_b))
         further: list[_Met] = []  # the sum's own uses by an ``Add`` or ``Sub`` of what is no constant
