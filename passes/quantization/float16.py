@@ -98,7 +98,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     With ``keep_io_types`` (the default) float graph inputs and outputs stay float32,
     with Casts inside the graph. Refuses (unchanged) a model with no float32 tensors, one
     whose external data passes 2 GB (less is read into memory first), one converted already (its own
-    result: the converter would only add Casts of float16 values to float16), and one whose
+    result: the converter would only add Casts of float16 values to float16), one whose every float op the converter
+    keeps float32 (a scikit-learn tree ensemble alone: the result would only round its inputs and outputs through
+    float16, ``_computes_in_float16``), and one whose
     values onnx's shape inference cannot type and ONNX Runtime refuses to load (``_types_inferred``).
 
     A constant bound of a Max, Min or Clip kept float32 whose result is cast to float16
@@ -217,6 +219,13 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # Its own result again (or onnxruntime's): the converter only wrote Casts of float16 values to float16,
             # and the pass reported them as a conversion, applied, each run a few nodes more.
             self.decline("already float16: converting again would only add Casts of float16 values to float16")
+            return self.result(given.clone(), modified=False)
+        if not _computes_in_float16(result):
+            kept_ops = sorted({node.op_type for node in ir.traversal.RecursiveGraphIterator(result.graph)} - {"Cast"})
+            self.decline(
+                f"no op would compute in float16 ({', '.join(kept_ops[:4]) or 'no op'} stay float32): converting would "
+                "only round the graph's float inputs and outputs through float16"
+            )
             return self.result(given.clone(), modified=False)
         stored, unknown = _stored_float16(result, model)
         if unknown:
@@ -943,6 +952,18 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
             else:
                 unknown.append(value.name)
     return stored, unknown
+
+
+def _computes_in_float16(model: ir.Model) -> bool:
+    """Whether a node other than a ``Cast`` reads or writes a float16 tensor. None does where every float op is one the
+    converter keeps float32 (scikit-learn's ``TreeEnsembleClassifier`` or ``SVMClassifier`` alone): keeping I/O types,
+    the result only casts each float input to float16 and back before that op, and each output so after it (a tree's
+    features rounded, a real breast-cancer row's probability moved by 0.06), and computes nothing in float16."""
+    return any(
+        any(value is not None and value.dtype == ir.DataType.FLOAT16 for value in (*node.inputs, *node.outputs))
+        for node in ir.traversal.RecursiveGraphIterator(model.graph)
+        if not (node.op_type == "Cast" and node.domain in ("", "ai.onnx"))
+    )
 
 
 def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
