@@ -73,8 +73,11 @@ class CpuFeatures:
     @property
     def nchwc_block(self) -> int:
         """Channels a block of ONNX Runtime's blocked (NCHWc) float Conv layout holds here: 16 where its MLAS
-        kernels use AVX-512F, else 8 (AVX2's; elsewhere a harmless guess: a multiple of 8 is one of 4 too)."""
-        return 16 if self.arch == "x86" and "avx512f" in self.features else 8
+        kernels use AVX-512F, else 8 (AVX2's; elsewhere a harmless guess: a multiple of 8 is one of 4 too).
+
+        MLAS tries AVX-512F only inside its AVX2/FMA branch (``platform.cpp``): AVX-512F without AVX2 (a
+        hypervisor's odd CPU model) runs its SSE/AVX kernels, whose block is 8."""
+        return 16 if self.arch == "x86" and {"avx2", "avx512f"} <= self.features else 8
 
     def describe(self) -> str:
         """``x86: AVX2, AVX-512 VNNI`` (the features found, in a fixed order), for reports."""

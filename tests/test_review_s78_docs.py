@@ -12,7 +12,12 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 78, and the README words that name its limit.
-_NAMED: dict[str, str] = {}
+_NAMED: dict[str, str] = {
+    "test_on_avx512_a_narrow_group_keeps_no_count_onnx_runtime_pads_back": (
+        "On AVX-512 a group narrower than four blocks of 16 still keeps a multiple of 8 or 4, which ONNX Runtime pads "
+        "back to 16 (40 of 48 channels runs as 48)"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
