@@ -967,6 +967,13 @@ def _channel_scales(e: np.ndarray, kept: np.ndarray, part: float) -> tuple[np.nd
                 left = math.sqrt(max(whole - float(np.sum(product * scales)), 0.0))
             if not (np.isfinite(scales).all() and math.isfinite(left)) or left > _CHANNEL_LEFT * reference:
                 continue
+            if scales.ndim == 2 and left <= _ADDED_FLOOR * math.sqrt(whole):
+                # Nothing left: gains of each sample's own are what the output computes (a squeeze-and-excitation
+                # gate, ``g_bc x``); fitted away, a gate replaced by its batch's mean was scored only less the input
+                # as it is, and met the default floor (0.956, review s78 late78c). A scale per channel so exact is the
+                # model's own (a LayerScale, ``w_c x``, a batch whose gates of ``d`` are 0): taken, that run adds
+                # nothing.
+                continue
             reference = left
             if found is None or left < found[0]:
                 shape = [1] * e.ndim

@@ -80,6 +80,12 @@ _ANGLE_OPS = (
     *_SHAPED_OPS,
 )
 
+# Ops that compute nothing, only move or copy their input's values (``_float16_nodes``), and Cast.
+_MOVING_OPS = (
+    *("Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice"),
+    *("Gather", "Expand", "Tile"),
+)
+
 _BOUNDED_OPS = {"Max": None, "Min": None, "Clip": (1, 2)}
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 _PROTO_LIMIT = 2**31 - 2**24  # a protobuf message's 2 GB, less room for the graph itself
@@ -100,7 +106,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     whose external data passes 2 GB (less is read into memory first), one converted already (its own
     result: the converter would only add Casts of float16 values to float16), one whose every float op the converter
     keeps float32 (a scikit-learn tree ensemble alone: the result would only round its inputs and outputs through
-    float16, ``_computes_in_float16``), and one whose
+    float16, ``_float16_nodes``; so where it would compute no more in float16 than the input did, or only move values
+    in float16), and one whose
     values onnx's shape inference cannot type and ONNX Runtime refuses to load (``_types_inferred``).
 
     A constant bound of a Max, Min or Clip kept float32 whose result is cast to float16
@@ -220,10 +227,12 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # and the pass reported them as a conversion, applied, each run a few nodes more.
             self.decline("already float16: converting again would only add Casts of float16 values to float16")
             return self.result(given.clone(), modified=False)
-        if not _computes_in_float16(result):
-            kept_ops = sorted({node.op_type for node in ir.traversal.RecursiveGraphIterator(result.graph)} - {"Cast"})
+        if _float16_nodes(result) <= (already := _float16_nodes(model)):
+            nodes = ir.traversal.RecursiveGraphIterator(result.graph)
+            kept_ops = sorted({node.op_type for node in nodes if not _in_float16(node)} - set(_MOVING_OPS))
             self.decline(
-                f"no op would compute in float16 ({', '.join(kept_ops[:4]) or 'no op'} stay float32): converting would "
+                f"no op would compute in float16{' that does not already' if already else ''} "
+                f"({', '.join(kept_ops[:4]) or 'no op'} stay float32): converting would "
                 "only round the graph's float inputs and outputs through float16"
             )
             return self.result(given.clone(), modified=False)
@@ -954,16 +963,28 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
     return stored, unknown
 
 
-def _computes_in_float16(model: ir.Model) -> bool:
-    """Whether a node other than a ``Cast`` reads or writes a float16 tensor. None does where every float op is one the
-    converter keeps float32 (scikit-learn's ``TreeEnsembleClassifier`` or ``SVMClassifier`` alone): keeping I/O types,
-    the result only casts each float input to float16 and back before that op, and each output so after it (a tree's
-    features rounded, a real breast-cancer row's probability moved by 0.06), and computes nothing in float16."""
-    return any(
-        any(value is not None and value.dtype == ir.DataType.FLOAT16 for value in (*node.inputs, *node.outputs))
+def _float16_nodes(model: ir.Model) -> int:
+    """How many nodes other than a ``Cast`` read or write a float16 tensor, ops that only move values (``_MOVING_OPS``)
+    counted only where they read a weight. The result has no more than its input where
+    every float op is one the converter keeps float32 (scikit-learn's ``TreeEnsembleClassifier`` or ``SVMClassifier``
+    alone): keeping I/O types, the result only casts each float input to float16 and back before that op, and each
+    output so after it (a tree's features rounded, a real breast-cancer row's probability moved by 0.06), and computes
+    nothing more in float16. Counted against the input, not for any: a model computing a part in float16 already (a
+    ``Mul`` of float16 values beside the trees) was converted for nothing and reported applied, and so was one whose
+    only op converted was a ``Reshape`` of the features before the trees (review s78 late78c)."""
+    return sum(
+        _in_float16(node)
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
-        if not (node.op_type == "Cast" and node.domain in ("", "ai.onnx"))
+        if node.domain not in ("", "ai.onnx")
+        or node.op_type not in _MOVING_OPS
+        # A weight such an op reads is stored in half the bytes (an embedding table's Gather): that is a gain.
+        or (node.op_type != "Cast" and any(value is not None and value.is_initializer() for value in node.inputs[:1]))
     )
+
+
+def _in_float16(node: ir.Node) -> bool:
+    """Whether ``node`` reads or writes a float16 tensor."""
+    return any(value is not None and value.dtype == ir.DataType.FLOAT16 for value in (*node.inputs, *node.outputs))
 
 
 def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
