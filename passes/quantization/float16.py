@@ -19,7 +19,7 @@ range first.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TypeVar
 
 import numpy as np
@@ -80,10 +80,12 @@ _ANGLE_OPS = (
     *_SHAPED_OPS,
 )
 
-# Ops that compute nothing, only move or copy their input's values (``_float16_nodes``), and Cast.
+# Ops that compute nothing, only move, copy or pick their input's values or read its shape (``_float16_nodes``), and
+# Cast. A Pad, Where or GatherElements before the trees was converted for nothing (review s78 late78d).
 _MOVING_OPS = (
     *("Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Concat", "Split", "Slice"),
-    *("Gather", "Expand", "Tile"),
+    *("Gather", "Expand", "Tile", "Pad", "Where", "GatherElements", "GatherND", "DepthToSpace", "SpaceToDepth"),
+    *("Dropout", "Shape", "Size"),
 )
 
 _BOUNDED_OPS = {"Max": None, "Min": None, "Clip": (1, 2)}
@@ -198,6 +200,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
                 "converted (the converter casts and checks as float16 only the float values it knows)"
             )
             return self.result(given.clone(), modified=False)
+        # Counted on the inferred types: a file declares few (a Relu between Casts to and from float16, undeclared,
+        # was no float16 node of the input, and the trees beside it were converted for nothing, review s78 late78d).
+        already = _float16_nodes(model, _float32_typed(proto, onnx.TensorProto.FLOAT16))
         _undeclared(proto.graph, statistics)  # left float32 by the converter, as LayerNormalization computes them
         edges = _float32_edges(proto.graph, set(blocked), kept_nodes)
         _undeclared(proto.graph, set(edges))  # undeclared, the converter casts them neither to float16 nor back
@@ -227,7 +232,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             # and the pass reported them as a conversion, applied, each run a few nodes more.
             self.decline("already float16: converting again would only add Casts of float16 values to float16")
             return self.result(given.clone(), modified=False)
-        if _float16_nodes(result) <= (already := _float16_nodes(model)):
+        if _float16_nodes(result) <= already:
             nodes = ir.traversal.RecursiveGraphIterator(result.graph)
             kept_ops = sorted({node.op_type for node in nodes if not _in_float16(node)} - set(_MOVING_OPS))
             self.decline(
@@ -963,28 +968,46 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
     return stored, unknown
 
 
-def _float16_nodes(model: ir.Model) -> int:
+def _float16_nodes(model: ir.Model, inferred: Collection[str] = ()) -> int:
     """How many nodes other than a ``Cast`` read or write a float16 tensor, ops that only move values (``_MOVING_OPS``)
-    counted only where they read a weight. The result has no more than its input where
+    counted only where they read a weight or a graph input (without kept I/O types, given in float16). The result has
+    no more than its input where
     every float op is one the converter keeps float32 (scikit-learn's ``TreeEnsembleClassifier`` or ``SVMClassifier``
     alone): keeping I/O types, the result only casts each float input to float16 and back before that op, and each
     output so after it (a tree's features rounded, a real breast-cancer row's probability moved by 0.06), and computes
     nothing more in float16. Counted against the input, not for any: a model computing a part in float16 already (a
     ``Mul`` of float16 values beside the trees) was converted for nothing and reported applied, and so was one whose
-    only op converted was a ``Reshape`` of the features before the trees (review s78 late78c)."""
+    only op converted was a ``Reshape`` of the features before the trees (review s78 late78c); the input's are counted
+    on its inferred types (``inferred``: the names its inference types float16)."""
     return sum(
-        _in_float16(node)
+        _in_float16(node, inferred)
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
         if node.domain not in ("", "ai.onnx")
         or node.op_type not in _MOVING_OPS
-        # A weight such an op reads is stored in half the bytes (an embedding table's Gather): that is a gain.
-        or (node.op_type != "Cast" and any(value is not None and value.is_initializer() for value in node.inputs[:1]))
+        # A weight such an op reads is stored in half the bytes (an embedding table's Gather), and without kept I/O
+        # types a graph input is given in float16 and moved so, no Cast added: that is a gain (a Transpose of the
+        # input was declined, review s78 late78d).
+        # (Where's data are inputs 1 and 2: a mask of two constants, ``Where(allowed, 0, -inf)``, reads weights.)
+        or (
+            node.op_type != "Cast"
+            and any(map(_given_in_float16, node.inputs[1:] if node.op_type == "Where" else node.inputs[:1]))
+        )
     )
 
 
-def _in_float16(node: ir.Node) -> bool:
-    """Whether ``node`` reads or writes a float16 tensor."""
-    return any(value is not None and value.dtype == ir.DataType.FLOAT16 for value in (*node.inputs, *node.outputs))
+def _given_in_float16(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a float16 weight or graph input."""
+    return (
+        value is not None and value.dtype == ir.DataType.FLOAT16 and (value.is_initializer() or value.is_graph_input())
+    )
+
+
+def _in_float16(node: ir.Node, inferred: Collection[str] = ()) -> bool:
+    """Whether ``node`` reads or writes a float16 tensor (one typed so, or named in ``inferred``)."""
+    return any(
+        value is not None and (value.dtype == ir.DataType.FLOAT16 or value.name in inferred)
+        for value in (*node.inputs, *node.outputs)
+    )
 
 
 def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
@@ -997,9 +1020,9 @@ def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
     return ops
 
 
-def _float32_typed(proto: onnx.ModelProto) -> set[str]:
+def _float32_typed(proto: onnx.ModelProto, elem_type: int = onnx.TensorProto.FLOAT) -> set[str]:
     """The names the converter stores as float16: those its graphs' inputs, outputs and ``value_info`` type float32
-    (after its shape inference), in every subgraph too."""
+    (after its shape inference), in every subgraph too; given ``elem_type``, those typed so."""
     names: set[str] = set()
     graphs = [proto.graph]
     while graphs:
@@ -1007,7 +1030,7 @@ def _float32_typed(proto: onnx.ModelProto) -> set[str]:
         names.update(
             info.name
             for info in (*graph.input, *graph.output, *graph.value_info)
-            if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+            if info.type.tensor_type.elem_type == elem_type
         )
         for node in graph.node:
             for attribute in node.attribute:
