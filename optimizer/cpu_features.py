@@ -10,7 +10,7 @@ features the database lists for it. graphopt only asks which of these it has:
 - ``amx_int8``: Intel's tile multiply (int32 accumulation);
 - ``asimddp`` (ARM's ``dotprod``): the ARM int8 dot product;
 - ``avx512f``: x86's 512-bit SIMD, where ONNX Runtime's blocked (NCHWc) float Convs take 16 channels a block
-  (8 on AVX2): ``CpuFeatures.nchwc_block``, the multiple channel pruning keeps.
+  (8 on other x86, none elsewhere): ``CpuFeatures.nchwc_block``, the multiple channel pruning keeps.
 
 Why the weight range follows them: without VNNI, ONNX Runtime's x86 U8S8 kernels add
 pairs of u8*s8 products in int16 (``vpmaddubsw``), which saturates when full-range int8
@@ -71,13 +71,16 @@ class CpuFeatures:
         return self.arch == "x86" and bool(self.features & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
     @property
-    def nchwc_block(self) -> int:
+    def nchwc_block(self) -> int | None:
         """Channels a block of ONNX Runtime's blocked (NCHWc) float Conv layout holds here: 16 where its MLAS
-        kernels use AVX-512F, else 8 (AVX2's; elsewhere a harmless guess: a multiple of 8 is one of 4 too).
+        kernels use AVX-512F, else 8 on x86 (its SSE and AVX2 kernels'); None off x86, where MLAS blocks nothing in
+        its default builds (ARM64's NEON NCHWc kernels, block 16, are an opt-in build flag graphopt cannot see).
 
         MLAS tries AVX-512F only inside its AVX2/FMA branch (``platform.cpp``): AVX-512F without AVX2 (a
         hypervisor's odd CPU model) runs its SSE/AVX kernels, whose block is 8."""
-        return 16 if self.arch == "x86" and {"avx2", "avx512f"} <= self.features else 8
+        if self.arch != "x86":
+            return None
+        return 16 if {"avx2", "avx512f"} <= self.features else 8
 
     def describe(self) -> str:
         """``x86: AVX2, AVX-512 VNNI`` (the features found, in a fixed order), for reports."""

@@ -21,7 +21,7 @@ AVX2 = CpuFeatures("x86", frozenset({"avx2"}))
 
 @pytest.mark.parametrize(
     ("features", "block"),
-    [(AVX512, 16), (AVX2, 8), (CpuFeatures("x86", frozenset()), 8), (CpuFeatures("arm", frozenset({"avx512f"})), 8)],
+    [(AVX512, 16), (AVX2, 8), (CpuFeatures("x86", frozenset()), 8), (CpuFeatures("arm", frozenset({"avx512f"})), None)],
 )
 def test_the_nchwc_block_is_16_channels_only_with_avx512f(features, block):
     assert features.nchwc_block == block
@@ -29,9 +29,10 @@ def test_the_nchwc_block_is_16_channels_only_with_avx512f(features, block):
 
 
 @pytest.mark.parametrize(
-    ("width", "multiple"), [(144, 16), (96, 16), (64, 16), (48, 8), (40, 8), (32, 8), (16, 4), (60, 4), (12, None)]
+    ("width", "multiple"),
+    [(144, 16), (96, 16), (64, 16), (48, 16), (40, 16), (32, 16), (24, 16), (16, 4), (60, 16), (12, None)],
 )
-def test_with_a_block_of_16_wide_groups_keep_multiples_of_16_and_narrow_ones_half_of_it(monkeypatch, width, multiple):
+def test_with_a_block_of_16_groups_wider_than_one_block_keep_multiples_of_16(monkeypatch, width, multiple):
     monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", 16)
     group = ChannelGroup("channels", "g", width, 1, None, channel_axis=1)
     assert _base._alignment(group) == multiple

@@ -78,9 +78,9 @@ _SEARCH_STEPS = 6
 # What one unit of each kind of group is called in notes.
 UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
 # Conv channel groups keep a multiple of ONNX Runtime's NCHWc block (None: this CPU's, ``CpuFeatures.nchwc_block``:
-# 16 channels with AVX-512F, else 8): ONNX Runtime pads a count to its block, so on AVX-512 a count 8 off a multiple
-# of 16 ran as slow as the next multiple up (an 88-channel layer as 96, docs/benchmarks.md). Narrower groups keep a
-# multiple of half as many, down to NARROW_CHANNEL_MULTIPLE, the least that stays blocked (_alignment).
+# 16 channels with AVX-512F, 8 on other x86, none elsewhere): ONNX Runtime pads a count to its block, so a count off
+# it runs as slow as the multiple above it (on AVX-512 an 88-channel layer as 96, 40 as 48; docs/benchmarks.md).
+# Where the CPU has no block, counts keep a multiple of NARROW_CHANNEL_MULTIPLE, the least ONNX Runtime blocks at all.
 CHANNEL_MULTIPLE: int | None = None
 NARROW_CHANNEL_MULTIPLE = 4
 # Calibration samples (at least) that measure each group's gain for the global ranking.
@@ -321,6 +321,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 )
             return why + "; no fraction removes any"
         sizes = ", ".join(str(size) for size in sorted({g.size for g in groups}))
+        if multiples := sorted({m for g in groups if (m := _alignment(g)) is not None}):
+            sizes += f"; Conv channel counts keep multiples of {' or '.join(map(str, multiples))} or the whole width"
         return f"in every group it rounds to none (groups of {sizes}); ask for a larger fraction"
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
@@ -666,26 +668,29 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
 
 def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[int]:
-    """``kept``, for a Conv channel group, rounded to the nearest multiple of the group's alignment (the
-    strongest units first; a tie keeps more): ``CHANNEL_MULTIPLE`` for groups whose width is a multiple
-    of it and at least four of it (32, 40, … with the block of 8; 64, 80, … with 16), else half of it
-    likewise (32–56 with 16), down to ``NARROW_CHANNEL_MULTIPLE`` (16–28, 36, 44, …); other widths
-    unchanged (12, 1050, …: too narrow to round without cutting all or nothing, or no multiple divides them).
+    """``kept``, for a Conv channel group, rounded to the nearest multiple of the group's alignment or to the whole
+    width (the strongest units first; a tie keeps more; never none, never more than the width): with an NCHWc block
+    (``_block``), the block for every group whose width is a multiple of 4 and more than one block (12, 16, … with
+    the block of 8; 20, 24, 40, 48, … with 16: 40 of 48 becomes 32 or 48); where the CPU has none, and for a group
+    of one block or less, 4 for widths a multiple of 4 and at least 16; other widths unchanged (8 with the block of
+    8, 1050, …). ONNX Runtime pads any cut of a group of one block back to the block, but leaving such groups whole
+    would leave the suite's 8-channel models nothing to cut (a limit README names).
 
-    ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on AVX2, 16 on
-    AVX-512F) only when the channel counts are multiples of 4, each padded with zero filters up to
-    the block (seen in the session-optimized model): EfficientNet-Lite0 with 25 % of its expansion
-    channels cut to counts like 1050 ran 2.4× *slower* than the original, and a count off the block
-    costs what the block above it costs.
+    ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on x86, 16 with AVX-512F) when
+    the channel counts are multiples of 4, each padded with zero filters up to the block (seen in the
+    session-optimized model: on AVX-512 40 and 44 ran as 48, 20 and 24 as 32, 8 and 12 as 16): EfficientNet-Lite0
+    with 25 % of its expansion channels cut to counts like 1050 ran 2.4× *slower* than the original, and a count
+    off the block costs what the block above it costs.
     Narrow groups too (benchmarks/conv_channel_counts.py, AVX2, one thread): a 1×1 Conv
     32 → C → 96 at 112×112 with C of 9–11 or 13–15 ran 1.34–1.53× the time of C = 16,
-    12 in 1.01–1.04 of it, 8 in 0.81. On AVX-512 (Zen 4, one thread) C = 88 ran 1.01× the time
-    of 96, 72 as 80, 56 as 64: a cut of 8 there saves nothing.
+    12 in 1.01–1.04 of it, 8 in 0.81: a cut of 16 to 12 saves nothing, one of 12 to 8 a fifth. On AVX-512
+    (Zen 4, one thread) C = 88 ran 1.01× the time of 96, 72 as 80, 56 as 64: a cut of 8 there saves nothing.
     """
     multiple = _alignment(group)
     if multiple is None or len(kept) == group.size:
         return kept
-    count = max(multiple, math.floor(len(kept) / multiple + 0.5) * multiple)
+    counts = [*range(multiple, group.size, multiple), group.size]
+    count = min(counts, key=lambda c: (abs(c - len(kept)), -c))
     if count == len(kept):
         return kept
     order = np.argsort(-scores, kind="stable")
@@ -693,27 +698,18 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
 
 
 def _alignment(group: ChannelGroup) -> int | None:
-    """The channel multiple a Conv group's kept count is rounded to, or None (not a Conv group, or a width
-    no multiple divides with room to round without cutting all or nothing)."""
-    if group.kind != "channels":
+    """The channel multiple a Conv group's kept count is rounded to (``_aligned``), or None (not a Conv group, a
+    width off 4, or one too narrow to round)."""
+    if group.kind != "channels" or group.size % NARROW_CHANNEL_MULTIPLE:
         return None
-    for multiple in _multiples():
-        if group.size % multiple == 0 and group.size >= 4 * multiple:
-            return multiple
-    return None
+    if (block := _block()) is not None and group.size > block:
+        return block
+    # No block, or a group of one block or less (16 with AVX-512F): at least a count ONNX Runtime blocks.
+    return NARROW_CHANNEL_MULTIPLE if group.size >= 4 * NARROW_CHANNEL_MULTIPLE else None
 
 
-def _multiples() -> tuple[int, ...]:
-    """The alignments tried, widest first: the block, its halves while above ``NARROW_CHANNEL_MULTIPLE``, then
-    that (16, 8, 4 with AVX-512F; 8, 4 without)."""
-    multiples = [_block()]
-    while multiples[-1] // 2 > NARROW_CHANNEL_MULTIPLE:
-        multiples.append(multiples[-1] // 2)
-    return (*multiples, NARROW_CHANNEL_MULTIPLE)
-
-
-def _block() -> int:
-    """The NCHWc block kept counts are multiples of: ``CHANNEL_MULTIPLE``, else this CPU's."""
+def _block() -> int | None:
+    """The NCHWc block kept counts are multiples of: ``CHANNEL_MULTIPLE``, else this CPU's (None: it has none)."""
     return CHANNEL_MULTIPLE or cpu_features().nchwc_block
 
 
@@ -723,9 +719,14 @@ def _rounding_note(groups: Sequence[ChannelGroup]) -> str | None:
     if not multiples:
         return None
     shown = " or ".join(str(m) for m in multiples)
+    if (block := _block()) is None:
+        return (
+            f"Conv channel counts kept as multiples of {shown}: ONNX Runtime blocks no Conv on this CPU (its default "
+            "builds block none off x86); 4 is what its blocked kernels need elsewhere (not measured here)"
+        )
     return (
-        f"Conv channel counts kept as multiples of {shown}: ONNX Runtime's NCHWc Conv block on this CPU is "
-        f"{_block()} channels (16 with AVX-512F, 8 without); off it a cut saves no time"
+        f"Conv channel counts kept as multiples of {shown}: ONNX Runtime's NCHWc Conv block on this CPU "
+        f"is {block} channels (16 with AVX-512F, 8 without); off it a cut saves no time"
     )
 
 
