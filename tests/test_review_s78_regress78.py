@@ -1,0 +1,38 @@
+"""Review s78 regress78: regression audit of session 78's changes (335252e..89c7a6c) on the 47 models the suite reads,
+with --fp16, --prune-channels 0.25 and the quantized runs of review s77 regress (docs/benchmarks.md, "What session
+78's changes cost"). Here: what the pruning report says of kept Conv channel counts off this CPU's NCHWc block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from optimizer.cpu_features import CpuFeatures
+from passes.pruning import _base
+from passes.pruning.channels import ChannelPruningPass
+
+AVX512 = CpuFeatures("x86", frozenset({"avx2", "avx512f", "avx512_vnni"}))
+
+
+@pytest.fixture(scope="module")
+def narrow_residual_model():
+    from tests.passes.pruning.graphs import inverted_residual
+
+    return inverted_residual(expand=2)  # 16 expansion channels per block: one block of 16
+
+
+def test_a_narrow_group_s_count_off_the_block_is_said_to_run_as_the_multiple_above(monkeypatch, narrow_residual_model):
+    # On AVX-512 a 16-channel group (one block) keeps a multiple of 4 (12 of 16 at 0.25), which ONNX Runtime pads back
+    # to 16: the note said only "off it a cut saves no time", as if every kept count were on the block (ResNet's 12/16;
+    # its 24/32 until review s78 xfix78b rounded groups wider than one block to the block).
+    monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", None)
+    monkeypatch.setattr(_base, "cpu_features", lambda: AVX512)
+    calibration = {"x": np.random.default_rng(1).standard_normal((8, 3, 12, 12)).astype(np.float32)}
+    pruning = ChannelPruningPass(0.25, samples=calibration, repair=False)
+    result = pruning(narrow_residual_model.clone())
+    assert pruning.pruned and all(counts == (12, 16) for counts in pruning.pruned.values())
+    (note,) = [note for note in result.notes if "NCHWc" in note]
+    assert "kept as multiples of 4" in note
+    assert f"{len(pruning.pruned)} narrower groups kept a count off it and run as the multiple above" in note
+    assert "12/16 as 16" in note
