@@ -714,15 +714,16 @@ def _block() -> int | None:
 
 
 def _rounding_note(groups: Sequence[ChannelGroup], kept: Mapping[str, tuple[int, int]]) -> str | None:
-    """What the kept Conv channel counts were rounded to, and why (None where no group is rounded); where a narrower
-    group kept a multiple of half the block or less (``kept``: its count, then its width), that ONNX Runtime runs it as
-    the multiple of the block above (the note said only "off it a cut saves no time" while ResNet's 16- and
-    32-channel groups kept 12 and 24 on AVX-512, review s78 regress78)."""
+    """What the kept Conv channel counts were rounded to, and why (None where no group is rounded or off the block);
+    each Conv group whose kept count (``kept``: its count, then its width) is off this CPU's NCHWc block, which ONNX
+    Runtime runs as the multiple of the block above (the note said only "off it a cut saves no time" while ResNet's 16-
+    and 32-channel groups kept 12 and 24 on AVX-512, review s78 regress78; a group too narrow to round, 4 of 8 on AVX2,
+    was not named, review s78 truth78)."""
     multiples = sorted({m for g in groups if (m := _alignment(g)) is not None}, reverse=True)
-    if not multiples:
-        return None
     shown = " or ".join(str(m) for m in multiples)
     if (block := _block()) is None:
+        if not multiples:
+            return None
         return (
             f"Conv channel counts kept as multiples of {shown}: ONNX Runtime blocks no Conv on this CPU (its default "
             "builds block none off x86); 4 is what its blocked kernels need elsewhere (not measured here)"
@@ -730,18 +731,22 @@ def _rounding_note(groups: Sequence[ChannelGroup], kept: Mapping[str, tuple[int,
     off = [
         f"{g.name} {count}/{g.size} as {-(-count // block) * block}"
         for g in groups
-        if _alignment(g) is not None and (count := kept[g.name][0]) % block and count < g.size
+        if g.kind == "channels" and (count := kept[g.name][0]) % block and count < g.size
     ]
+    if not multiples and not off:
+        return None
     one = len(off) == 1
     runs = (
-        f"; {len(off)} narrower group{'' if one else 's'} kept a count off it and run{'s' if one else ''} as the "
+        f"{len(off)} narrower group{'' if one else 's'} kept a count off it and run{'s' if one else ''} as the "
         f"multiple above: {', '.join(off[:3])}{', ...' if len(off) > 3 else ''}"
         if off
         else ""
     )
-    return (
-        f"Conv channel counts kept as multiples of {shown}: ONNX Runtime's NCHWc Conv block on this CPU is "
-        f"{block} channels (16 with AVX-512F, 8 without); off it a cut saves no time{runs}"
+    block_said = f"ONNX Runtime's NCHWc Conv block on this CPU is {block} channels (16 with AVX-512F, 8 without)"
+    if not multiples:
+        return f"Conv channel counts: {block_said}; {runs}"
+    return f"Conv channel counts kept as multiples of {shown}: {block_said}; off it a cut saves no time" + (
+        f"; {runs}" if runs else ""
     )
 
 
