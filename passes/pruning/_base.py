@@ -731,7 +731,11 @@ def _rounding_note(groups: Sequence[ChannelGroup], kept: Mapping[str, tuple[int,
     off = [
         f"{g.name} {count}/{g.size} as {-(-count // block) * block}"
         for g in groups
-        if g.kind == "channels" and (count := kept[g.name][0]) % block and count < g.size
+        # A count off 4 is not blocked at all (slower still; ``_aligned``): not "as" the block above.
+        if g.kind == "channels"
+        and (count := kept[g.name][0]) % block
+        and count < g.size
+        and count % NARROW_CHANNEL_MULTIPLE == 0
     ]
     if not multiples and not off:
         return None
