@@ -198,6 +198,7 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         self._skips: dict[str, str] = {}  # group → the residual skip its refit subtracts (``_observe``)
         self._grams: dict[str, tuple[np.ndarray, int]] = {}  # group → its consumer's input covariance, rows
         self._uncompensated: dict[str, np.ndarray] = {}  # group → activation scores, where reconstruction ranks
+        self._rounded_whole: dict[str, tuple[int, int]] = {}  # group → units chosen, width, where rounding kept all
         if self.unfit is not None:
             self.decline(self.unfit)
             return self.result(model, modified=False)
@@ -284,7 +285,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         if held_out and self.drift is not None and (caveat := few_held_out(batches, model)):
             self.note(caveat)
         self.note(self._decisions(groups, removals))
-        if rounded := _rounding_note([g for g in groups if g.name in self.pruned], self.pruned):
+        whole = self._rounded_whole
+        rounded = _rounding_note([g for g in groups if g.name in {**self.pruned, **whole}], self.pruned, whole)
+        if rounded:
             self.note(rounded)
         if self.samples_generated:
             self.note("no --calibration data: ranked by weight magnitude, not re-fitted")
@@ -549,7 +552,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
                 count = max(1, g.size - int(math.floor(self._ratio_of(g, ratios) * g.size + 1e-9)))
                 order = np.argsort(-scores[g.name], kind="stable")
                 kept[g.name] = sorted(int(u) for u in order[:count])
-        return {g.name: _aligned(g, kept[g.name], scores[g.name]) for g in groups}
+        aligned = {g.name: _aligned(g, kept[g.name], scores[g.name]) for g in groups}
+        # Groups a cut was chosen in that the rounding left whole (count chosen, width), which the note names.
+        self._rounded_whole = {
+            g.name: (len(kept[g.name]), g.size) for g in groups if len(kept[g.name]) < g.size == len(aligned[g.name])
+        }
+        return aligned
 
     def _prune(
         self, model: ir.Model, scores, ratios, comparable=False, batches=(), targets=None, *, record: bool = False
@@ -713,30 +721,44 @@ def _block() -> int | None:
     return CHANNEL_MULTIPLE or cpu_features().nchwc_block
 
 
-def _rounding_note(groups: Sequence[ChannelGroup], kept: Mapping[str, tuple[int, int]]) -> str | None:
+def _rounding_note(
+    groups: Sequence[ChannelGroup],
+    kept: Mapping[str, tuple[int, int]],
+    whole: Mapping[str, tuple[int, int]] | None = None,
+) -> str | None:
     """What the kept Conv channel counts were rounded to, and why (None where no group is rounded or off the block);
     each Conv group whose kept count (``kept``: its count, then its width) is off this CPU's NCHWc block, which ONNX
     Runtime runs as the multiple of the block above (the note said only "off it a cut saves no time" while ResNet's 16-
     and 32-channel groups kept 12 and 24 on AVX-512, review s78 regress78; a group too narrow to round, 4 of 8 on AVX2,
-    was not named, review s78 truth78)."""
+    was not named, review s78 truth78), or slower: a count off 4 (6 of 8 on AVX2 was reported without a word), and
+    below one block, where the next Conv reads it unblocked (12 of 16 ran 1.6× the time of 16 on AVX-512; review s78
+    late78e). ``whole``: the groups a cut was chosen in that rounding left whole (their count chosen, then width),
+    named at the end (the report listed them as ``32/32`` without a word while the multiple shown was another
+    group's; review s78 late78e)."""
     multiples = sorted({m for g in groups if (m := _alignment(g)) is not None}, reverse=True)
     shown = " or ".join(str(m) for m in multiples)
+    whole = whole or {}
+    left = [f"{name} {count}/{size} → {size}/{size}" for name, (count, size) in whole.items()]
+    left_said = f"; rounded back to the whole width: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''}"
+    left_said = left_said if left else ""
     if (block := _block()) is None:
         if not multiples:
             return None
         return (
             f"Conv channel counts kept as multiples of {shown}: ONNX Runtime blocks no Conv on this CPU (its default "
-            "builds block none off x86); 4 is what its blocked kernels need elsewhere (not measured here)"
+            "builds block none off x86); 4 is what its blocked kernels need elsewhere (not measured here)" + left_said
         )
+    kept = {**{name: (size, size) for name, (_, size) in whole.items()}, **kept}
     off = [
+        # A count off 4 is not blocked at all (a depthwise Conv on it runs unblocked; ``_aligned``): slower still.
         f"{g.name} {count}/{g.size} as {-(-count // block) * block}"
+        + (" or slower (off 4: not blocked)" if count % NARROW_CHANNEL_MULTIPLE else "")
         for g in groups
-        # A count off 4 is not blocked at all (slower still; ``_aligned``): not "as" the block above.
-        if g.kind == "channels"
-        and (count := kept[g.name][0]) % block
-        and count < g.size
-        and count % NARROW_CHANNEL_MULTIPLE == 0
+        if g.kind == "channels" and (count := kept[g.name][0]) % block and count < g.size
     ]
+    # Below one block the next Conv reads the channels unblocked, slower per channel than the block (AVX-512, one
+    # thread, 1×1 Conv 32 → C → 96 at 112×112, ONNX Runtime 1.32: C = 12 ran 1.58× the time of 16, 8 1.21×, 4 0.76×).
+    below = any(kept[g.name][0] < block for g in groups if g.kind == "channels" and g.consumer.op_type == "Conv")
     if not multiples and not off:
         return None
     one = len(off) == 1
@@ -746,11 +768,18 @@ def _rounding_note(groups: Sequence[ChannelGroup], kept: Mapping[str, tuple[int,
         if off
         else ""
     )
+    if off and below:
+        runs += (
+            "; below one block the next Conv reads them unblocked, which can cost more time than the whole block "
+            "(AVX-512: 12 of 16 ran 1.6× the time of 16, 8 1.2×, 4 0.8×)"
+        )
     block_said = f"ONNX Runtime's NCHWc Conv block on this CPU is {block} channels (16 with AVX-512F, 8 without)"
     if not multiples:
         return f"Conv channel counts: {block_said}; {runs}"
-    return f"Conv channel counts kept as multiples of {shown}: {block_said}; off it a cut saves no time" + (
-        f"; {runs}" if runs else ""
+    return (
+        f"Conv channel counts kept as multiples of {shown}: {block_said}; off it a cut saves no time"
+        + (f"; {runs}" if runs else "")
+        + left_said
     )
 
 
