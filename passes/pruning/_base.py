@@ -739,8 +739,7 @@ def _rounding_note(
     shown = " or ".join(str(m) for m in multiples)
     whole = whole or {}
     left = [f"{name} {count}/{size} → {size}/{size}" for name, (count, size) in whole.items()]
-    left_said = f"; rounded back to the whole width: {', '.join(left[:3])}{', ...' if len(left) > 3 else ''}"
-    left_said = left_said if left else ""
+    left_said = f"; rounded back to the whole width: {_first_three(left)}" if left else ""
     if (block := _block()) is None:
         if not multiples:
             return None
@@ -764,7 +763,7 @@ def _rounding_note(
     one = len(off) == 1
     runs = (
         f"{len(off)} narrower group{'' if one else 's'} kept a count off it and run{'s' if one else ''} as the "
-        f"multiple above: {', '.join(off[:3])}{', ...' if len(off) > 3 else ''}"
+        f"multiple above: {_first_three(off)}"
         if off
         else ""
     )
@@ -781,6 +780,11 @@ def _rounding_note(
         + (f"; {runs}" if runs else "")
         + left_said
     )
+
+
+def _first_three(items: Sequence[str]) -> str:
+    """``a, b, c, ...``: the first three of ``items``, and whether there are more."""
+    return ", ".join(items[:3]) + (", ..." if len(items) > 3 else "")
 
 
 def _describe_ratios(ratios: Mapping[str | None, float]) -> str:

@@ -202,7 +202,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             return self.result(given.clone(), modified=False)
         # Counted on the inferred types: a file declares few (a Relu between Casts to and from float16, undeclared,
         # was no float16 node of the input, and the trees beside it were converted for nothing, review s78 late78d).
-        already = _float16_nodes(model, _float32_typed(proto, onnx.TensorProto.FLOAT16))
+        already = _float16_nodes(model, _names_typed(proto, onnx.TensorProto.FLOAT16))
         _undeclared(proto.graph, statistics)  # left float32 by the converter, as LayerNormalization computes them
         edges = _float32_edges(proto.graph, set(blocked), kept_nodes)
         _undeclared(proto.graph, set(edges))  # undeclared, the converter casts them neither to float16 nor back
@@ -211,7 +211,7 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
         # (onnx's shape inference: "Inferred elem type differs from existing elem type"). It declares those it converts.
         _drop_initializer_value_info(proto.graph)
         direct = _float32_kept_outputs(proto.graph, set(blocked), kept_nodes) if self.keep_io_types else set()
-        float16_values = _float32_typed(proto) - direct
+        float16_values = _names_typed(proto) - direct
         converted = convert_float_to_float16(
             proto,
             keep_io_types=self.keep_io_types,
@@ -933,7 +933,7 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
     activations that are none of them.
 
     The twin's ``deployed`` model rounds the activations the converter is expected to store as float16
-    (``_float32_typed``); a realization storing another (a review's injected fault: ``h * 3e4 * (1/3e4)`` in float16,
+    (``_names_typed``); a realization storing another (a review's injected fault: ``h * 3e4 * (1/3e4)`` in float16,
     infinite on a GPU) passed. Read off the result, a float16 tensor a node computes is the input's value of its name,
     or a ``Cast`` to float16 of one (a graph input's, a blocked op's float32 result), or one a ``Cast`` to float32
     turns back into one (a graph output's, which the converter computes as ``graph_output_cast_N``).
@@ -970,15 +970,15 @@ def _stored_float16(result: ir.Model, model: ir.Model) -> tuple[set[str], list[s
 
 def _float16_nodes(model: ir.Model, inferred: Collection[str] = ()) -> int:
     """How many nodes other than a ``Cast`` read or write a float16 tensor, ops that only move values (``_MOVING_OPS``)
-    counted only where they read a weight or a graph input (without kept I/O types, given in float16). The result has
-    no more than its input where
-    every float op is one the converter keeps float32 (scikit-learn's ``TreeEnsembleClassifier`` or ``SVMClassifier``
-    alone): keeping I/O types, the result only casts each float input to float16 and back before that op, and each
-    output so after it (a tree's features rounded, a real breast-cancer row's probability moved by 0.06), and computes
-    nothing more in float16. Counted against the input, not for any: a model computing a part in float16 already (a
-    ``Mul`` of float16 values beside the trees) was converted for nothing and reported applied, and so was one whose
-    only op converted was a ``Reshape`` of the features before the trees (review s78 late78c); the input's are counted
-    on its inferred types (``inferred``: the names its inference types float16)."""
+    counted only where they read a weight or a graph input (without kept I/O types, given in float16). The result
+    has no more than its input where every float op is one the converter keeps float32 (scikit-learn's
+    ``TreeEnsembleClassifier`` or ``SVMClassifier`` alone): keeping I/O types, the result only casts each float
+    input to float16 and back before that op, and each output so after it (a tree's features rounded, a real
+    breast-cancer row's probability moved by 0.06), and computes nothing more in float16. Counted against the input,
+    not for any: a model computing a part in float16 already (a ``Mul`` of float16 values beside the trees) was
+    converted for nothing and reported applied, and so was one whose only op converted was a ``Reshape`` of the
+    features before the trees (review s78 late78c); the input's are counted on its inferred types (``inferred``: the
+    names its inference types float16)."""
     return sum(
         _in_float16(node, inferred)
         for node in ir.traversal.RecursiveGraphIterator(model.graph)
@@ -1020,7 +1020,7 @@ def _computing_ops(node: ir.Node) -> set[tuple[str, str]]:
     return ops
 
 
-def _float32_typed(proto: onnx.ModelProto, elem_type: int = onnx.TensorProto.FLOAT) -> set[str]:
+def _names_typed(proto: onnx.ModelProto, elem_type: int = onnx.TensorProto.FLOAT) -> set[str]:
     """The names the converter stores as float16: those its graphs' inputs, outputs and ``value_info`` type float32
     (after its shape inference), in every subgraph too; given ``elem_type``, those typed so."""
     names: set[str] = set()
