@@ -1,0 +1,29 @@
+"""Review s79 (docs): every strict xfail added in session 79 names its limit in README.md, where a user reads about
+that behaviour (as ``tests/test_review_s78_docs.py`` checks for session 78's)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import strict_xfails
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+# Each strict xfail added in session 79, and the README words that name its limit.
+_NAMED: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def readme() -> str:
+    return " ".join((_ROOT / "README.md").read_text().split())
+
+
+def test_every_strict_xfail_of_session_79_has_its_words_here():
+    assert strict_xfails("test_review_s79_*.py") == set(_NAMED)
+
+
+@pytest.mark.parametrize("test", sorted(_NAMED))
+def test_every_strict_xfail_of_session_79_is_named_in_the_readme(readme, test):
+    assert _NAMED[test] in readme, test
