@@ -678,10 +678,12 @@ _LOGITS_SUFFIX = "\x00logits"
 _PICKS_SUFFIX = "\x00picks"
 _RANKS_SUFFIX = "\x00ranks"
 # Between an output's name and an input's, the key of the output less that input (``residual_key``); after them, the
-# key of the output less the input as it is, where it differs (``residual_key(..., as_is=True)``), and of the scale the
-# original's run gives the input (``residual_scale_key``).
+# key of the output less the input as it is, where it differs (``residual_key(..., as_is=True)``), less it at one scale
+# where a scale per channel leaves nothing (``residual_key(..., spread=True)``), and of the scale the original's run
+# gives the input (``residual_scale_key``).
 _LESS = "\x00less\x00"
 _AS_IS = "\x00as is"
+_SPREAD = "\x00spread"
 _SCALE = "\x00scale"
 
 
@@ -706,18 +708,19 @@ def ranks_key(name: str) -> str:
     return name + _RANKS_SUFFIX
 
 
-def residual_key(name: str, input_name: str, *, as_is: bool = False) -> str:
+def residual_key(name: str, input_name: str, *, as_is: bool = False, spread: bool = False) -> str:
     """The key, beside output ``name`` in one run's outputs, of that output less input ``input_name``, which the
-    original's output mostly is (``with_residuals``), at the scale the original gives the input (``as_is``: at 1):
-    the part the model adds, scored on its own (``paired_drift``)."""
-    return name + _LESS + input_name + (_AS_IS if as_is else "")
+    original's output mostly is (``with_residuals``), at the scale the original gives the input (``as_is``: at 1;
+    ``spread``: at one scale, where the scale per channel taken leaves nothing): the part the model adds, scored on its
+    own (``paired_drift``)."""
+    return name + _LESS + input_name + (_AS_IS if as_is else _SPREAD if spread else "")
 
 
-def residual_scale_key(name: str, input_name: str) -> str:
+def residual_scale_key(name: str, input_name: str, *, spread: bool = False) -> str:
     """The key, beside output ``name`` in one run's outputs, of the scale (a float, or one per channel laid out as the
     output is, ``_channel_scales``) at which ``residual_key`` takes input ``input_name`` on that run
-    (``with_residuals``)."""
-    return name + _LESS + input_name + _SCALE
+    (``with_residuals``; ``spread``: the one scale of ``residual_key(..., spread=True)``)."""
+    return residual_key(name, input_name, spread=spread) + _SCALE
 
 
 def residual_name(name: str, input_name: str, scales: tuple[float, float] = (1.0, 1.0)) -> str:
@@ -822,7 +825,9 @@ def with_residuals(
     ``_ADDED_FLOOR`` of the output from ``a x``, and then that scale (``residual_scale_key``). Where ``a x`` is further
     than ``_ADDED_FLOOR`` of the output from ``x``, the output less ``x`` as it is too (``residual_key(...,
     as_is=True)``, where further than that from ``x``): a gain (``y = 1.11 x``) adds ``0.11 x`` to its input, nothing
-    to ``a x``.
+    to ``a x``. Where scales per channel leave nothing (``w_c x``; at a batch of one, a gate ``g_c x``), the output less
+    the input at one scale too (``residual_key(..., spread=True)``, where further than ``_CHANNEL_SPREAD`` of the output
+    from it): the channels' spread, which a rewrite replacing the gate by a constant drops.
     Given ``unchanged``, a run on which the original adds nothing so (an output within ``_ADDED_FLOOR`` of its input
     scaled: a batch of gates of 0) gives that part as zeros in both, which ``paired_drift`` scores on no sample but
     counts as a run that has it: the part is scored on the other runs (left out, a batch to which the original added
@@ -893,26 +898,36 @@ def with_residuals(
             part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
         named_at: float | np.ndarray = scale
         gap = abs(scale - 1.0) * math.sqrt(square)  # how far the input taken is from the input as it is
+        spread: list[tuple[str, np.ndarray, float, float]] = []  # less one scale, where one per channel leaves nothing
         if part > _ADDED_FLOOR * norm and (fitted := _channel_scales(e, kept, part)) is not None:
             # A scale per channel (``w_c x + d``, LayerScale): less one scale, the part was mostly ``(w_c - a) x``,
             # which a rewrite dropping ``d`` keeps (it met the default floor until review s78 xfix78).
+            one, at_one = part, scaled
             named_at, squares = fitted
             scaled = x * named_at
             with np.errstate(invalid="ignore", over="ignore"):
                 part = float(np.linalg.norm(np.where(zeroed, 0.0, e - scaled)))
                 gap = math.sqrt(float(np.sum((named_at - 1.0) ** 2 * squares)))
+            if part <= _ADDED_FLOOR * norm and one > _CHANNEL_SPREAD * norm:
+                # Nothing left less the scales per channel (``w_c x``, or at a batch of one a gate of each sample and
+                # channel, ``g_c x``, which no fit tells from it): the channels' spread, ``(w_c - a) x``, is what is
+                # scored less one scale, as a part of its own (a gate replaced by a constant kept ``(g_c - 1) x``,
+                # scored only less the input as it is, and met the default floor, 0.957, until review s79 xgate).
+                # Not the part less the scales (empty here, a part on runs where the model adds ``d``): a batch gated
+                # off would score a rewrite dropping ``d`` 1 there.
+                spread.append((residual_key(name, source, spread=True), at_one, one, scale))
         if not math.isfinite(part):
             continue
         # Less the input as it is too, where that differs from less ``a x`` by more than float32 rounding of the
         # output, the worse counting (``paired_drift``): a gain (``y = 1.11 x``) is its input at the fitted scale and
         # adds nothing less ``a x``, so a rewrite dropping the gain (``y = x``) read only its norm ratio, 0.995, and
         # met the default floor; less ``x`` its part is ``0.11 x``, which that rewrite drops (review s77 late77e).
-        parts = [(residual_key(name, source), scaled, part)]
+        parts = [(residual_key(name, source), scaled, part, named_at)]
         if gap > _ADDED_FLOOR * norm:
             with np.errstate(invalid="ignore", over="ignore"):
                 unit = float(np.linalg.norm(np.where(zeroed, 0.0, e - x)))
-            parts.append((residual_key(name, source, as_is=True), x, unit))
-        for key, taken, size in parts:
+            parts.append((residual_key(name, source, as_is=True), x, unit, None))
+        for key, taken, size, taken_at in parts + spread:
             if not math.isfinite(size):
                 continue
             if size <= _ADDED_FLOOR * norm:
@@ -921,9 +936,9 @@ def with_residuals(
                 continue
             added_before[key] = np.where(zeroed, 0.0, e - taken)
             added_after[key] = np.where(zeroed, 0.0, a - taken)
-            if taken is scaled:  # the scale its part is named with
-                added_before[residual_scale_key(name, source)] = named_at
-                added_after[residual_scale_key(name, source)] = named_at
+            if taken_at is not None:  # the scale its part is named with
+                scale_key = residual_scale_key(name, source, spread=key.endswith(_SPREAD))
+                added_before[scale_key] = added_after[scale_key] = taken_at
     return added_before, added_after
 
 
@@ -933,6 +948,12 @@ def with_residuals(
 # an attention's output) loses about one value in as many as a channel holds to the fit, far from half.
 _CHANNEL_VALUES = 16
 _CHANNEL_LEFT = 0.5
+# A scale per channel that leaves nothing (``w_c x``, or at a batch of one a gate ``g_c x``) leaves the channels'
+# spread, what one scale leaves (``(w_c - a) x``), scored as a part of its own where more than this fraction of the
+# output (``with_residuals``). Below it float16's rounding is a large share of it: scales within 1e-3 of their mean
+# read 0.978 against an fp16 rewrite, 0.9999 at 1.5e-2; a rewrite flattening so small a spread loses at most 1 % of the
+# output.
+_CHANNEL_SPREAD = 1e-2
 
 
 def _channel_scales(e: np.ndarray, kept: np.ndarray, part: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -984,10 +1005,10 @@ def _channel_scales(e: np.ndarray, kept: np.ndarray, part: float) -> tuple[np.nd
     return None if found is None else found[1:]
 
 
-def _part_name(name: str, input_name: str, as_is: bool) -> str:
+def _part_name(name: str, input_name: str, as_is: bool, spread: bool = False) -> str:
     """The name ``paired_drift`` scores output ``name`` less input ``input_name`` under (``with_residuals``), at the
-    scale the original gives the input or ``as_is``; ``residual_name`` shows it."""
-    return residual_name(name, input_name) + (" as is" if as_is else "")
+    scale the original gives the input, ``as_is`` or at one scale (``spread``); ``residual_name`` shows it."""
+    return residual_name(name, input_name) + (" as is" if as_is else " spread" if spread else "")
 
 
 def _rows_adding(part: np.ndarray, output: np.ndarray, channels: np.ndarray | None = None) -> np.ndarray:
@@ -1119,7 +1140,8 @@ def paired_drift(
 
     A float output whose part added to an input (``residual_key``, ``with_residuals``) every run gives beside it is
     scored as it is and that part as an output of its own (``residual_name``), and so is the part less the input as it
-    is where runs give it (a run without it has the two within float32 rounding), the worst counting:
+    is, or at one scale where scales per channel leave nothing (``with_residuals``), where runs give it (a run without
+    the first has the two within float32 rounding), the worst counting:
     ``Drift.scored_less`` names each, ``Drift.added`` the one of the worst score and ``Drift.added_scales`` the scales
     it took the input at (``residual_scale_key``). A sample whose part is zeros in both runs (the original adds nothing
     there), or the input at one scale every such sample shares (``_rows_adding``), is no sample of it; nor, less the
@@ -1250,21 +1272,24 @@ def paired_drift(
                 split.add(part)
             runs_of[name] = runs_of.get(name, 0) + 1
             for source in dict.fromkeys(
-                key[len(name + _LESS) :].removesuffix(_AS_IS).removesuffix(_SCALE)
+                key[len(name + _LESS) :].removesuffix(_SCALE).removesuffix(_AS_IS).removesuffix(_SPREAD)
                 for key in expected_run
                 if key.startswith(name + _LESS) and key in actual_run
             ):
                 # The part the model adds to an input it mostly is (``with_residuals``), less the input at the scale
                 # the original gives it and as it is: beside the input its loss is not seen. A run without the part
                 # as it is has the two within float32 rounding: it counts as one that has it.
-                scale = expected_run.get(residual_scale_key(name, source))
-                if isinstance(scale, float) or isinstance(scale, np.ndarray) and scale.size:  # or one per channel
-                    low, high = float(np.min(scale)), float(np.max(scale))
-                    bounds = taken_at.setdefault(_part_name(name, source, False), [low, high])
-                    bounds[:] = min(bounds[0], low), max(bounds[1], high)
-                for as_is in (False, True):
-                    key, part = residual_key(name, source, as_is=as_is), _part_name(name, source, as_is)
-                    residuals[part] = (name, source, residuals.get(part, (name, source, 0))[2] + 1, as_is)
+                for spread in (False, True):
+                    scale = expected_run.get(residual_scale_key(name, source, spread=spread))
+                    if isinstance(scale, float) or isinstance(scale, np.ndarray) and scale.size:  # or one per channel
+                        low, high = float(np.min(scale)), float(np.max(scale))
+                        bounds = taken_at.setdefault(_part_name(name, source, False, spread), [low, high])
+                        bounds[:] = min(bounds[0], low), max(bounds[1], high)
+                for as_is, spread in ((False, False), (True, False), (False, True)):
+                    key = residual_key(name, source, as_is=as_is, spread=spread)
+                    part = _part_name(name, source, as_is, spread)
+                    count = residuals.get(part, (name, source, 0))[2] + 1
+                    residuals[part] = (name, source, count, as_is, spread)
                     if key in expected_run and np.shape(actual_run[key]) == e.shape:
                         added = [np.nan_to_num(np.asarray(run[key], np.float64)) for run in (expected_run, actual_run)]
                         parts.append((part, *added))
@@ -1284,7 +1309,8 @@ def paired_drift(
                         )
                         e, a = e[rows], a[rows]
                     elif e.ndim > 1 and e.size != len(e):
-                        channels = expected_run.get(residual_scale_key(*residuals[scored_name][:2]))
+                        scale_key = residual_scale_key(*residuals[scored_name][:2], spread=residuals[scored_name][4])
+                        channels = expected_run.get(scale_key)
                         rows = _rows_adding(e, parts[0][1], channels if isinstance(channels, np.ndarray) else None)
                         e, a = e[rows], a[rows]
                 if e.ndim <= 1 or e.size == len(e):
@@ -1305,7 +1331,7 @@ def paired_drift(
                 if abs(farthest - 1.0) > abs(scales.get(scored_name, 1.0) - 1.0):
                     scales[scored_name] = farthest
                 lowest[scored_name] = min(lowest.get(scored_name, 1.0), float(scored.min()))
-    for part, (owner, _, count, _) in residuals.items():
+    for part, (owner, _, count, *_) in residuals.items():
         if count < runs_of[owner]:
             for table in (scores, lowest, single, plain, scales):
                 table.pop(part, None)

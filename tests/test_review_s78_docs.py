@@ -17,9 +17,6 @@ _NAMED: dict[str, str] = {
         "A group of one block or less (8 channels on AVX2, 16 on AVX-512) is still cut (to a multiple of 4 if 16 "
         "wide), though ONNX Runtime pads any cut of it back to the block"
     ),
-    "test_a_gate_replaced_by_a_constant_at_a_batch_of_one_is_rolled_back": (
-        "At a batch of one such gains cannot be told from a scale per channel"
-    ),
 }
 
 
