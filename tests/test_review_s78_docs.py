@@ -12,12 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 78, and the README words that name its limit.
-_NAMED: dict[str, str] = {
-    "test_on_avx512_a_group_of_one_block_is_left_whole": (
-        "A group of one block or less (8 channels on AVX2, 16 on AVX-512) is still cut (to a multiple of 4 if 16 "
-        "wide), though ONNX Runtime pads any cut of it back to the block"
-    ),
-}
+_NAMED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

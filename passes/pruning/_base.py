@@ -83,6 +83,19 @@ UNIT_NAMES = {"ffn": "neurons", "heads": "heads", "channels": "channels"}
 # Where the CPU has no block, counts keep a multiple of NARROW_CHANNEL_MULTIPLE, the least ONNX Runtime blocks at all.
 CHANNEL_MULTIPLE: int | None = None
 NARROW_CHANNEL_MULTIPLE = 4
+# AVX-512's block. A 1×1 Conv reading fewer channels than one block ran slower per channel (ONNX Runtime 1.32,
+# Zen 4, one thread, benchmarks/narrow_conv_groups.py, docs/benchmarks.md): 1×1 Convs 32 → C → 96 with C = 12 or 8 of
+# a 16-wide group took 1.2–1.9× the time of all 16, C = 4 0.85–1.0×; an inverted residual (1×1 → C, 3×3 depthwise
+# on C, 1×1 C →) 1.05–1.55× at 12 or 8, 0.96–1.18× at 4; 3×3 Convs 16 → C → 16 0.90–1.02× at 12, 0.79–0.90× at 8,
+# 0.63–0.80× at 4. So a group of one such block keeps all 16 where a depthwise Conv reads it, 4 or 16 where a 1×1
+# Conv does, else 4, 8 or 16 (``_counts``).
+_WIDE_BLOCK = 16
+# What a refusal says of each set of counts ``_counts`` allows a group of one AVX-512 block.
+_NARROW_COUNTS_SAID = {
+    (16,): "all 16 where a depthwise Conv reads it",
+    (4, 16): "4 or all 16 where a 1×1 Conv reads it",
+    (4, 8, 16): "4, 8 or all 16 otherwise",
+}
 # Calibration samples (at least) that measure each group's gain for the global ranking.
 _GAIN_SAMPLES = 64
 
@@ -326,6 +339,11 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         sizes = ", ".join(str(size) for size in sorted({g.size for g in groups}))
         if multiples := sorted({m for g in groups if (m := _alignment(g)) is not None}):
             sizes += f"; Conv channel counts keep multiples of {' or '.join(map(str, multiples))} or the whole width"
+            narrow = {tuple(counts) for g in groups if g.size == _WIDE_BLOCK and (counts := _counts(g))}
+            if said := [
+                _NARROW_COUNTS_SAID[counts] for counts in sorted(narrow, key=len) if counts in _NARROW_COUNTS_SAID
+            ]:
+                sizes += f" (of one block of {_WIDE_BLOCK}: {'; '.join(said)})"
         return f"in every group it rounds to none (groups of {sizes}); ask for a larger fraction"
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
@@ -679,10 +697,12 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
     """``kept``, for a Conv channel group, rounded to the nearest multiple of the group's alignment or to the whole
     width (the strongest units first; a tie keeps more; never none, never more than the width): with an NCHWc block
     (``_block``), the block for every group whose width is a multiple of 4 and more than one block (12, 16, … with
-    the block of 8; 20, 24, 40, 48, … with 16: 40 of 48 becomes 32 or 48); where the CPU has none, and for a group
-    of one block or less, 4 for widths a multiple of 4 and at least 16; other widths unchanged (8 with the block of
-    8, 1050, …). ONNX Runtime pads any cut of a group of one block back to the block, but leaving such groups whole
-    would leave the suite's 8-channel models nothing to cut (a limit README names).
+    the block of 8; 20, 24, 40, 48, … with 16: 40 of 48 becomes 32 or 48); with the block of 16 (AVX-512), a group
+    of one block keeps the counts that ran faster than all 16 (``_counts``: 4 where a 1×1 Conv reads it, 4 or 8 where
+    another Conv does, none through a depthwise Conv); where the CPU has none, 4 for widths a multiple of 4
+    and at least 16; other widths unchanged (8 or 12 with the block of 16, 8 with the block of 8, 1050, …). A cut of
+    a group of one block of 8 (AVX2) is not measured here: it is left as asked, which leaves the suite's 8-channel
+    models something to cut.
 
     ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on x86, 16 with AVX-512F) when
     the channel counts are multiples of 4, each padded with zero filters up to the block (seen in the
@@ -694,10 +714,9 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
     12 in 1.01–1.04 of it, 8 in 0.81: a cut of 16 to 12 saves nothing, one of 12 to 8 a fifth. On AVX-512
     (Zen 4, one thread) C = 88 ran 1.01× the time of 96, 72 as 80, 56 as 64: a cut of 8 there saves nothing.
     """
-    multiple = _alignment(group)
-    if multiple is None or len(kept) == group.size:
+    counts = _counts(group)
+    if counts is None or len(kept) == group.size:
         return kept
-    counts = [*range(multiple, group.size, multiple), group.size]
     count = min(counts, key=lambda c: (abs(c - len(kept)), -c))
     if count == len(kept):
         return kept
@@ -712,8 +731,34 @@ def _alignment(group: ChannelGroup) -> int | None:
         return None
     if (block := _block()) is not None and group.size > block:
         return block
-    # No block, or a group of one block or less (16 with AVX-512F): at least a count ONNX Runtime blocks.
+    # No block, or a group of one block or less (16 with AVX-512F: there see ``_counts``): at least a count ONNX
+    # Runtime blocks.
     return NARROW_CHANNEL_MULTIPLE if group.size >= 4 * NARROW_CHANNEL_MULTIPLE else None
+
+
+def _counts(group: ChannelGroup) -> list[int] | None:
+    """The kept counts ``_aligned`` rounds a Conv group to (None: any count): the multiples of its alignment below its
+    width, and the width; of a group of one AVX-512 block (16 channels, ``_WIDE_BLOCK``) only those that ran faster
+    than all 16: none where a depthwise Conv reads the group (its 4 saved no time), 4 where a 1×1 Conv reads it (8
+    and 12 ran slower than 16), else 4 and 8 (a 3×3 Conv reading 12 ran as 16)."""
+    if (multiple := _alignment(group)) is None:
+        return None
+    if group.size == _block() == _WIDE_BLOCK:
+        if group.group_counts:
+            return [group.size]
+        if _read_pointwise(group):
+            return [NARROW_CHANNEL_MULTIPLE, group.size]
+        return [NARROW_CHANNEL_MULTIPLE, 2 * NARROW_CHANNEL_MULTIPLE, group.size]
+    return [*range(multiple, group.size, multiple), group.size]
+
+
+def _read_pointwise(group: ChannelGroup) -> bool:
+    """Whether a 1×1 Conv reads the group (a weight of known shape whose kernel is 1 in every spatial dim)."""
+    consumer = group.consumer
+    if consumer is None or consumer.op_type != "Conv" or len(consumer.inputs) < 2 or consumer.inputs[1] is None:
+        return False
+    shape = consumer.inputs[1].shape
+    return shape is not None and len(shape) > 2 and all(dim == 1 for dim in shape.dims[2:])
 
 
 def _block() -> int | None:
@@ -732,9 +777,10 @@ def _rounding_note(
     and 32-channel groups kept 12 and 24 on AVX-512, review s78 regress78; a group too narrow to round, 4 of 8 on AVX2,
     was not named, review s78 truth78), or slower: a count off 4 (6 of 8 on AVX2 was reported without a word), and
     below one block, where the next Conv reads it unblocked (12 of 16 ran 1.6× the time of 16 on AVX-512; review s78
-    late78e). ``whole``: the groups a cut was chosen in that rounding left whole (their count chosen, then width),
-    named at the end (the report listed them as ``32/32`` without a word while the multiple shown was another
-    group's; review s78 late78e)."""
+    late78e); on AVX-512 a multiple of 4 below one block is named apart, as read in less time than the width it was
+    cut from or as much (4 of 16 was called "as 16", review s79 xblk). ``whole``: the groups a cut was chosen in that
+    rounding left whole (their count chosen, then width), named at the end (the report listed them as ``32/32``
+    without a word while the multiple shown was another group's; review s78 late78e)."""
     multiples = sorted({m for g in groups if (m := _alignment(g)) is not None}, reverse=True)
     shown = " or ".join(str(m) for m in multiples)
     whole = whole or {}
@@ -748,18 +794,33 @@ def _rounding_note(
             "builds block none off x86); 4 is what its blocked kernels need elsewhere (not measured here)" + left_said
         )
     kept = {**{name: (size, size) for name, (_, size) in whole.items()}, **kept}
+    cut = {g.name: count for g in groups if g.kind == "channels" and (count := kept[g.name][0]) < g.size}
+    # On AVX-512 a multiple of 4 below the block ran faster than the width it was cut from, or as fast (4 or 8 of 16
+    # as ``_counts`` keeps them, 8 of 12; ``_WIDE_BLOCK``): it does not run "as 16".
+    faster = [
+        f"{g.name} {cut[g.name]}/{g.size}"
+        for g in groups
+        if g.name in cut and block == _WIDE_BLOCK and cut[g.name] < block and not cut[g.name] % NARROW_CHANNEL_MULTIPLE
+    ]
     off = [
         # A count off 4 is not blocked at all (a depthwise Conv on it runs unblocked; ``_aligned``): slower still.
         f"{g.name} {count}/{g.size} as {-(-count // block) * block}"
         + (" or slower (off 4: not blocked)" if count % NARROW_CHANNEL_MULTIPLE else "")
         for g in groups
-        if g.kind == "channels" and (count := kept[g.name][0]) % block and count < g.size
+        if (count := cut.get(g.name, 0)) % block and f"{g.name} {count}/{g.size}" not in faster
     ]
     # Below one block the next Conv reads the channels unblocked, slower per channel than the block (AVX-512, one
     # thread, 1×1 Conv 32 → C → 96 at 112×112, ONNX Runtime 1.32: C = 12 ran 1.58× the time of 16, 8 1.21×, 4 0.76×).
     below = any(kept[g.name][0] < block for g in groups if g.kind == "channels" and g.consumer.op_type == "Conv")
-    if not multiples and not off:
+    if not multiples and not off and not faster:
         return None
+    faster_said = (
+        f"below one block: {_first_three(faster)}, which the next Conv reads in less time than the width it was cut "
+        "from or as much (AVX-512, one thread: a 1×1 Conv reading 4 of 16 ran 0.7–1.0× the time of 16, a 3×3 "
+        "one reading 8 or 4 0.6–0.9×; counts of 16 that ran no faster than 16 are not kept)"
+        if faster
+        else ""
+    )
     one = len(off) == 1
     runs = (
         f"{len(off)} narrower group{'' if one else 's'} kept a count off it and run{'s' if one else ''} as the "
@@ -774,9 +835,10 @@ def _rounding_note(
         )
     block_said = f"ONNX Runtime's NCHWc Conv block on this CPU is {block} channels (16 with AVX-512F, 8 without)"
     if not multiples:
-        return f"Conv channel counts: {block_said}; {runs}"
+        return f"Conv channel counts: {block_said}; " + "; ".join(said for said in (faster_said, runs) if said)
     return (
         f"Conv channel counts kept as multiples of {shown}: {block_said}; off it a cut saves no time"
+        + (f", except {faster_said}" if faster_said else "")
         + (f"; {runs}" if runs else "")
         + left_said
     )
