@@ -19,8 +19,8 @@ from onnx import TensorProto, helper, numpy_helper
 from optimizer.options import Options
 from optimizer.pipeline import _run_one
 from optimizer.protocol import PassContext, PassSpec
-from optimizer.registry import resolve
 from optimizer.verify import Verifier
+from tests.helpers import fuse_written_out_softmax
 
 CHANNELS = 12
 
@@ -93,12 +93,14 @@ def test_a_rewrite_within_the_float_tolerance_may_flip_a_rounded_pixel():
 
 
 def test_a_correct_softmax_fusion_before_a_uint8_image_is_kept():
+    # The channel softmax fused by hand: fuse-softmax refuses a softmax over another axis than the last since review
+    # s79 hunt17 (ONNX Runtime's CPU Softmax runs it slower), but another pass or tool may write one.
     original = _softmax_image()
     rng = np.random.default_rng(0)
     inputs = {"x": rng.standard_normal((2, CHANNELS, 257, 257)).astype(np.float32)}
-    spec = next(spec for spec in resolve(["fuse-softmax"], Options()) if spec.name == "fuse-softmax")
-    verifier = Verifier(original, [inputs])
-    result, record = _run_one(original, len(list(original.graph)), spec, PassContext(Options()), verifier)
+    candidate = original.clone()
+    fuse_written_out_softmax(candidate)
+    result, record = _applied(original, candidate, inputs)
     assert record.status == "applied", record.detail
     assert [node.op_type for node in result.graph][0] == "Softmax"
 

@@ -20,11 +20,10 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import optimizer
 from optimizer.report import STATUS_APPLIED, STATUS_ROLLED_BACK
 from optimizer.runtime import run_model
 from optimizer.verify import Verifier
-from tests.helpers import optimize_with_rewrite
+from tests.helpers import fuse_written_out_softmax, optimize_with_rewrite
 from tests.test_exact_segments import _chain, _inputs, _split_everywhere, _weights
 from tests.test_review_s68_vacuous import _classifier, _doubled_logits, _one_class_moved
 
@@ -103,13 +102,12 @@ def _channel_softmax() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-def test_fuse_softmax_of_a_saturated_channel_softmax_is_applied(tmp_path: Path):
+def test_a_fused_saturated_channel_softmax_is_applied(tmp_path: Path):
     # Before: rolled back, "the logits 'shifted' ... max abs error 140": the written-out softmax's logits (x less its
-    # max over the channels) were compared with the fused Softmax's (x) less their max along the last axis.
-    source = tmp_path / "in.onnx"
-    onnx.save(_channel_softmax(), source)
-    _, report = optimizer.optimize_with_report(source, ["fuse-softmax"], output=tmp_path / "out.onnx")
-    (record,) = [record for record in report.passes if record.name == "fuse-softmax"]
+    # max over the channels) were compared with the fused Softmax's (x) less their max along the last axis. The
+    # fusion is written by hand: fuse-softmax refuses a softmax over another axis than the last since review s79
+    # hunt17 (ONNX Runtime's CPU Softmax runs it slower), but another pass or tool may write one.
+    record = optimize_with_rewrite(_channel_softmax(), fuse_written_out_softmax, tmp_path).passes[-1]
     assert record.status == STATUS_APPLIED, record.detail
     assert "Softmax" in {node.op_type for node in ir.load(tmp_path / "out.onnx").graph}
 

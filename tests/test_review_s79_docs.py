@@ -17,10 +17,6 @@ _NAMED: dict[str, str] = {
         "A float16 result is verified at the lengths the generated sets hold (128 and 257 tokens; a decoder's "
         "positions up to 511): a float16 error that grows with the length past them is not seen there"
     ),
-    "test_a_channel_softmax_is_not_fused_into_a_slower_softmax": (
-        "A softmax over another axis than the last (a segmentation head's channels in NCHW) is fused too, though ONNX "
-        "Runtime's CPU `Softmax` runs it slower than the ops written out"
-    ),
 }
 
 
