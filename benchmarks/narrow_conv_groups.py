@@ -6,6 +6,8 @@ A group of ``C`` channels at ``size``×``size`` (batch 1), in five shapes:
 - ``in``: a 1×1 Conv C → 32 on an input of C channels (C as the next Conv's input count);
 - ``pw``: 1×1 Conv 32 → C, 1×1 Conv C → 96 (both; ``conv_channel_counts.py`` without its depthwise Conv);
 - ``c3``: 3×3 Conv 16 → C, 3×3 Conv C → 16 (a ResNet basic block's inner channels);
+- ``pws``: ``pw`` with its second 1×1 Conv at stride 2 (a strided 1×1 reader: ResNet's downsampling shortcut);
+- ``fc``: a 1×1 Conv 32 → C, GlobalAveragePool, Flatten, Gemm C → 10 (a classifier head reading the group);
 - ``ir``: an inverted residual, 1×1 8 → C, Clip, 3×3 depthwise C, Clip, 1×1 C → 8, residual Add (the expansion
   group ``prune-channels`` cuts in MobileNetV2/EfficientNet-Lite).
 
@@ -42,13 +44,25 @@ def group(shape: str, channels: int, size: int) -> tuple[bytes, int]:
 
     c = channels
     arrays = {"low": np.array(0, np.float32), "high": np.array(6, np.float32)}
-    inputs = {"out": 32, "in": c, "pw": 32, "c3": 16, "ir": 8}[shape]
+    inputs = {"out": 32, "in": c, "pw": 32, "pws": 32, "fc": 32, "c3": 16, "ir": 8}[shape]
     if shape in ("out", "in"):
         arrays |= {"a": weight(32, c, 1, 1) if shape == "in" else weight(c, 32, 1, 1)}
         nodes = [helper.make_node("Conv", ["x", "a"], ["y"])]
-    elif shape == "pw":
+    elif shape in ("pw", "pws"):
         arrays |= {"a": weight(c, 32, 1, 1), "ab": weight(c), "b": weight(96, c, 1, 1), "bb": weight(96)}
-        nodes = [helper.make_node("Conv", ["x", "a", "ab"], ["p"]), helper.make_node("Conv", ["p", "b", "bb"], ["y"])]
+        strides = [2, 2] if shape == "pws" else [1, 1]
+        nodes = [
+            helper.make_node("Conv", ["x", "a", "ab"], ["p"]),
+            helper.make_node("Conv", ["p", "b", "bb"], ["y"], strides=strides),
+        ]
+    elif shape == "fc":
+        arrays |= {"a": weight(c, 32, 1, 1), "ab": weight(c), "f": weight(10, c), "fb": weight(10)}
+        nodes = [
+            helper.make_node("Conv", ["x", "a", "ab"], ["p"]),
+            helper.make_node("GlobalAveragePool", ["p"], ["g"]),
+            helper.make_node("Flatten", ["g"], ["f1"]),
+            helper.make_node("Gemm", ["f1", "f", "fb"], ["y"], transB=1),
+        ]
     elif shape == "c3":
         arrays |= {"a": weight(c, 16, 3, 3), "ab": weight(c), "b": weight(16, c, 3, 3), "bb": weight(16)}
         nodes = [
@@ -110,7 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[16, 12, 8, 4])
     parser.add_argument(
-        "--shapes", nargs="+", default=["pw", "ir", "out", "in"], choices=["pw", "c3", "ir", "out", "in"]
+        "--shapes", nargs="+", default=["pw", "ir", "out", "in"], choices=["pw", "pws", "fc", "c3", "ir", "out", "in"]
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[112, 56, 28, 14])
     parser.add_argument("--threads", type=int, nargs="+", default=[1])

@@ -87,14 +87,15 @@ NARROW_CHANNEL_MULTIPLE = 4
 # Zen 4, one thread, benchmarks/narrow_conv_groups.py, docs/benchmarks.md): 1×1 Convs 32 → C → 96 with C = 12 or 8 of
 # a 16-wide group took 1.2–1.9× the time of all 16, C = 4 0.85–1.0×; an inverted residual (1×1 → C, 3×3 depthwise
 # on C, 1×1 C →) 1.05–1.55× at 12 or 8, 0.96–1.18× at 4; 3×3 Convs 16 → C → 16 0.90–1.02× at 12, 0.79–0.90× at 8,
-# 0.63–0.80× at 4. So a group of one such block keeps all 16 where a depthwise Conv reads it, 4 or 16 where a 1×1
-# Conv does, else 4, 8 or 16 (``_counts``).
+# 0.63–0.80× at 4; a 1×1 Conv 32 → C, GlobalAveragePool, Gemm C → 10 (a classifier head) 1.0–1.4× at 12 or 8,
+# 1.0–1.2× at 4 (review s79 late79b). So a group of one such block keeps all 16 where a depthwise Conv or a Gemm or
+# MatMul reads it, 4 or 16 where a 1×1 Conv does (strided too: it ran as one), else 4, 8 or 16 (``_counts``).
 _WIDE_BLOCK = 16
 # What a refusal says of each set of counts ``_counts`` allows a group of one AVX-512 block.
 _NARROW_COUNTS_SAID = {
-    (16,): "all 16 where a depthwise Conv reads it",
+    (16,): "all 16 where a depthwise Conv reads it or a Gemm or MatMul does",
     (4, 16): "4 or all 16 where a 1×1 Conv reads it",
-    (4, 8, 16): "4, 8 or all 16 otherwise",
+    (4, 8, 16): "4, 8 or all 16 where a Conv of another kernel reads it",
 }
 # Calibration samples (at least) that measure each group's gain for the global ranking.
 _GAIN_SAMPLES = 64
@@ -327,7 +328,8 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
     def _why_none(self, groups: list[ChannelGroup]) -> str:
         """Why a ratio removes no unit of ``groups``. Every group keeps at least one unit, so a group of one never
         loses any, whatever the fraction: multi-query attention's heads are one unit (its one key/value head with
-        every query head reading it)."""
+        every query head reading it); nor does a Conv group ``_counts`` keeps whole (it was told to ask for a larger
+        fraction; review s79 late79b)."""
         if all(g.size == 1 for g in groups):
             why = "every group holds a single unit, and each group keeps at least one"
             if any(self.units_named(g) > 1 for g in groups):
@@ -343,8 +345,12 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
             if said := [
                 _NARROW_COUNTS_SAID[counts] for counts in sorted(narrow, key=len) if counts in _NARROW_COUNTS_SAID
             ]:
-                sizes += f" (of one block of {_WIDE_BLOCK}: {'; '.join(said)})"
-        return f"in every group it rounds to none (groups of {sizes}); ask for a larger fraction"
+                sizes += f"; of one block of {_WIDE_BLOCK}: {'; '.join(said)}"
+        # A group whose only count is its width (16 on AVX-512 through a depthwise Conv) keeps it at any fraction.
+        stuck = all(_counts(g) == [g.size] for g in groups)
+        return f"in every group it rounds to none (groups of {sizes}); " + (
+            "no fraction removes any" if stuck else "ask for a larger fraction"
+        )
 
     def _scaled(self, scale: float) -> dict[str | None, float]:
         return {kind: ratio * scale for kind, ratio in self.ratios.items()}
@@ -699,10 +705,10 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
     (``_block``), the block for every group whose width is a multiple of 4 and more than one block (12, 16, … with
     the block of 8; 20, 24, 40, 48, … with 16: 40 of 48 becomes 32 or 48); with the block of 16 (AVX-512), a group
     of one block keeps the counts that ran faster than all 16 (``_counts``: 4 where a 1×1 Conv reads it, 4 or 8 where
-    another Conv does, none through a depthwise Conv); where the CPU has none, 4 for widths a multiple of 4
-    and at least 16; other widths unchanged (8 or 12 with the block of 16, 8 with the block of 8, 1050, …). A cut of
-    a group of one block of 8 (AVX2) is not measured here: it is left as asked, which leaves the suite's 8-channel
-    models something to cut.
+    another Conv does, none through a depthwise Conv or into a Gemm or MatMul); where the CPU has none, 4 for widths
+    a multiple of 4 and at least 16; other widths unchanged (8 or 12 with the block of 16, 8 with the block of 8,
+    1050, …). A cut of a group of one block of 8 (AVX2) is not measured here: it is left as asked, which leaves the
+    suite's 8-channel models something to cut.
 
     ONNX Runtime's CPU Convs run in a blocked layout (NCHWc, 8 channels a block on x86, 16 with AVX-512F) when
     the channel counts are multiples of 4, each padded with zero filters up to the block (seen in the
@@ -739,12 +745,13 @@ def _alignment(group: ChannelGroup) -> int | None:
 def _counts(group: ChannelGroup) -> list[int] | None:
     """The kept counts ``_aligned`` rounds a Conv group to (None: any count): the multiples of its alignment below its
     width, and the width; of a group of one AVX-512 block (16 channels, ``_WIDE_BLOCK``) only those that ran faster
-    than all 16: none where a depthwise Conv reads the group (its 4 saved no time), 4 where a 1×1 Conv reads it (8
-    and 12 ran slower than 16), else 4 and 8 (a 3×3 Conv reading 12 ran as 16)."""
+    than all 16: none where a depthwise Conv reads the group (its 4 saved no time) or a Gemm or MatMul does (a
+    classifier's: 12 and 8 ran slower than 16, 4 as 16), 4 where a 1×1 Conv reads it (8 and 12 ran slower than 16),
+    else 4 and 8 (a 3×3 Conv reading 12 ran as 16)."""
     if (multiple := _alignment(group)) is None:
         return None
     if group.size == _block() == _WIDE_BLOCK:
-        if group.group_counts:
+        if group.group_counts or (group.consumer is not None and group.consumer.op_type in ("Gemm", "MatMul")):
             return [group.size]
         if _read_pointwise(group):
             return [NARROW_CHANNEL_MULTIPLE, group.size]
@@ -753,12 +760,15 @@ def _counts(group: ChannelGroup) -> list[int] | None:
 
 
 def _read_pointwise(group: ChannelGroup) -> bool:
-    """Whether a 1×1 Conv reads the group (a weight of known shape whose kernel is 1 in every spatial dim)."""
+    """Whether a 1×1 Conv reads the group (a weight of known shape whose kernel is 1 in every spatial dim), at any
+    stride. The shape is the weight's own: a ``Constant`` node's output, a float16 weight a ``Cast`` widens or an int8
+    one dequantized by hand declares none (such a 1×1 Conv kept 8 of 16; review s79 late79b)."""
     consumer = group.consumer
     if consumer is None or consumer.op_type != "Conv" or len(consumer.inputs) < 2 or consumer.inputs[1] is None:
         return False
-    shape = consumer.inputs[1].shape
-    return shape is not None and len(shape) > 2 and all(dim == 1 for dim in shape.dims[2:])
+    weight = weight_array(consumer.inputs[1])
+    shape = weight.shape if weight is not None else consumer.inputs[1].shape
+    return shape is not None and len(shape) > 2 and all(dim == 1 for dim in tuple(shape)[2:])
 
 
 def _block() -> int | None:
