@@ -17,9 +17,6 @@ _NAMED: dict[str, str] = {
         "A float16 result is verified at the lengths the generated sets hold (128 and 257 tokens; a decoder's "
         "positions up to 511): a float16 error that grows with the length past them is not seen there"
     ),
-    "test_on_avx512_a_12_wide_group_a_depthwise_conv_reads_keeps_a_multiple_of_4": (
-        "Narrower groups (8 or 12 wide) on AVX-512 are still cut as asked, even through a depthwise Conv"
-    ),
 }
 
 

@@ -137,11 +137,6 @@ def test_on_avx512_a_16_wide_group_no_fraction_cuts_is_not_told_to_ask_for_more(
     assert "no fraction removes any" in line and "ask for a larger fraction" not in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="12 or 8 wide through a depthwise Conv is still cut as asked on AVX-512 (s78 late78e and regress78 assert "
-    "9/12 there; a rule would break them)",
-)
 def test_on_avx512_a_12_wide_group_a_depthwise_conv_reads_keeps_a_multiple_of_4(avx512, calibration):
     """0.25 asks 9 of 12 expansion channels: through a depthwise Conv 9 and 11 of 12 ran 1.2–1.4× the time of 12 and 6
     of 8 1.1–1.9× of 8, where 8 of 12 ran 0.90–0.98× and 4 of 8 0.81–0.94× (benchmarks/narrow_conv_groups.py, one

@@ -705,8 +705,9 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
     (``_block``), the block for every group whose width is a multiple of 4 and more than one block (12, 16, … with
     the block of 8; 20, 24, 40, 48, … with 16: 40 of 48 becomes 32 or 48); with the block of 16 (AVX-512), a group
     of one block keeps the counts that ran faster than all 16 (``_counts``: 4 where a 1×1 Conv reads it, 4 or 8 where
-    another Conv does, none through a depthwise Conv or into a Gemm or MatMul); where the CPU has none, 4 for widths
-    a multiple of 4 and at least 16; other widths unchanged (8 or 12 with the block of 16, 8 with the block of 8,
+    another Conv does, none through a depthwise Conv or into a Gemm or MatMul), and a group 8 or 12 wide a multiple
+    of 4 where a depthwise Conv reads it (``_alignment``); where the CPU has none, 4 for widths a multiple of 4 and at
+    least 16; other widths unchanged (8 or 12 read by another Conv with the block of 16, 8 with the block of 8,
     1050, …). A cut of a group of one block of 8 (AVX2) is not measured here: it is left as asked, which leaves the
     suite's 8-channel models something to cut.
 
@@ -732,11 +733,16 @@ def _aligned(group: ChannelGroup, kept: list[int], scores: np.ndarray) -> list[i
 
 def _alignment(group: ChannelGroup) -> int | None:
     """The channel multiple a Conv group's kept count is rounded to (``_aligned``), or None (not a Conv group, a
-    width off 4, or one too narrow to round)."""
+    width off 4, or one too narrow to round): on AVX-512 a group 8 or 12 wide that a depthwise Conv reads keeps a
+    multiple of 4 (a count off 4 ran slower than the whole width there: 9–11 of 12 1.1–1.4× the time of 12, 5–7 of 8
+    1.0–1.9× of 8; 8 of 12 0.90–0.98×, 4 of 8 0.81–0.94×; reviews s79 late79b and xnarrow); read by a 1×1 or 3×3 Conv
+    a count off 4 ran in 0.76–1.03× the time of the width (a trade of time for accuracy), so it is left as asked."""
     if group.kind != "channels" or group.size % NARROW_CHANNEL_MULTIPLE:
         return None
     if (block := _block()) is not None and group.size > block:
         return block
+    if block == _WIDE_BLOCK and group.size > NARROW_CHANNEL_MULTIPLE and group.group_counts:
+        return NARROW_CHANNEL_MULTIPLE
     # No block, or a group of one block or less (16 with AVX-512F: there see ``_counts``): at least a count ONNX
     # Runtime blocks.
     return NARROW_CHANNEL_MULTIPLE if group.size >= 4 * NARROW_CHANNEL_MULTIPLE else None
@@ -744,10 +750,10 @@ def _alignment(group: ChannelGroup) -> int | None:
 
 def _counts(group: ChannelGroup) -> list[int] | None:
     """The kept counts ``_aligned`` rounds a Conv group to (None: any count): the multiples of its alignment below its
-    width, and the width; of a group of one AVX-512 block (16 channels, ``_WIDE_BLOCK``) only those that ran faster
-    than all 16: none where a depthwise Conv reads the group (its 4 saved no time) or a Gemm or MatMul does (a
-    classifier's: 12 and 8 ran slower than 16, 4 as 16), 4 where a 1×1 Conv reads it (8 and 12 ran slower than 16),
-    else 4 and 8 (a 3×3 Conv reading 12 ran as 16)."""
+    width, and the width (4 or 8 of 8, 4, 8 or 12 of 12 through a depthwise Conv on AVX-512); of a group of one
+    AVX-512 block (16 channels, ``_WIDE_BLOCK``) only those that ran faster than all 16: none where a depthwise Conv
+    reads the group (its 4 saved no time) or a Gemm or MatMul does (a classifier's: 12 and 8 ran slower than 16, 4 as
+    16), 4 where a 1×1 Conv reads it (8 and 12 ran slower than 16), else 4 and 8 (a 3×3 Conv reading 12 ran as 16)."""
     if (multiple := _alignment(group)) is None:
         return None
     if group.size == _block() == _WIDE_BLOCK:
@@ -788,9 +794,11 @@ def _rounding_note(
     was not named, review s78 truth78), or slower: a count off 4 (6 of 8 on AVX2 was reported without a word), and
     below one block, where the next Conv reads it unblocked (12 of 16 ran 1.6× the time of 16 on AVX-512; review s78
     late78e); on AVX-512 a multiple of 4 below one block is named apart, as read in less time than the width it was
-    cut from or as much (4 of 16 was called "as 16", review s79 xblk). ``whole``: the groups a cut was chosen in that
-    rounding left whole (their count chosen, then width), named at the end (the report listed them as ``32/32``
-    without a word while the multiple shown was another group's; review s78 late78e)."""
+    cut from or as much (4 of 16 was called "as 16", review s79 xblk), and so is a count off 4 of a narrower group a
+    Conv reads with no depthwise Conv on the way (9 of 12 was called "as 16 or slower", review s79 xnarrow).
+    ``whole``: the groups a cut was chosen in that rounding left whole (their count chosen, then width), named at the
+    end (the report listed them as ``32/32`` without a word while the multiple shown was another group's; review s78
+    late78e)."""
     multiples = sorted({m for g in groups if (m := _alignment(g)) is not None}, reverse=True)
     shown = " or ".join(str(m) for m in multiples)
     whole = whole or {}
@@ -806,12 +814,34 @@ def _rounding_note(
     kept = {**{name: (size, size) for name, (_, size) in whole.items()}, **kept}
     cut = {g.name: count for g in groups if g.kind == "channels" and (count := kept[g.name][0]) < g.size}
     # On AVX-512 a multiple of 4 below the block ran faster than the width it was cut from, or as fast (4 or 8 of 16
-    # as ``_counts`` keeps them, 8 of 12; ``_WIDE_BLOCK``): it does not run "as 16".
-    faster = [
-        f"{g.name} {cut[g.name]}/{g.size}"
+    # as ``_counts`` keeps them, 8 of 12; ``_WIDE_BLOCK``): it does not run "as 16". So did a count off 4 of a group
+    # narrower than the block that a Conv reads with no depthwise Conv on the way (which rounds 8 or 12 wide,
+    # ``_alignment``): 1×1 or 3×3 Convs reading 5–11 channels ran 0.76–1.03× the time of the group's width, a 3×3 one
+    # 0.64–0.91× the time of 16 (the note said "9/12 as 16 or slower"; review s79 xnarrow).
+    narrow = [
+        g
         for g in groups
-        if g.name in cut and block == _WIDE_BLOCK and cut[g.name] < block and not cut[g.name] % NARROW_CHANNEL_MULTIPLE
+        if g.name in cut
+        and block == _WIDE_BLOCK
+        and cut[g.name] < block
+        and (
+            not cut[g.name] % NARROW_CHANNEL_MULTIPLE
+            or (g.size < block and g.consumer.op_type == "Conv" and not g.group_counts)
+        )
     ]
+    faster = [f"{g.name} {cut[g.name]}/{g.size}" for g in narrow]
+    # 8 or 12 wide through a depthwise Conv keeps a multiple of 4 (``_alignment``); another Conv may read a count off
+    # 4 of a narrower group: their own figures, not a 16's.
+    narrow_said = (
+        ", an inverted residual with its depthwise Conv on 8 or 4 of 12 or 4 of 8 0.76–0.98× the time of the "
+        "whole width"
+        if any(g.group_counts for g in narrow)
+        else ""
+    ) + (
+        ", a 1×1 or 3×3 Conv reading a count off 4 of a narrower group 0.76–1.03× the time of the whole width"
+        if any(cut[g.name] % NARROW_CHANNEL_MULTIPLE for g in narrow)
+        else ""
+    )
     off = [
         # A count off 4 is not blocked at all (a depthwise Conv on it runs unblocked; ``_aligned``): slower still.
         f"{g.name} {count}/{g.size} as {-(-count // block) * block}"
@@ -827,7 +857,7 @@ def _rounding_note(
     faster_said = (
         f"below one block: {_first_three(faster)}, which the next Conv reads in less time than the width it was cut "
         "from or as much (AVX-512, one thread: a 1×1 Conv reading 4 of 16 ran 0.7–1.0× the time of 16, a 3×3 "
-        "one reading 8 or 4 0.6–0.9×; counts of 16 that ran no faster than 16 are not kept)"
+        f"one reading 8 or 4 0.6–0.9×{narrow_said}; counts of 16 that ran no faster than 16 are not kept)"
         if faster
         else ""
     )
