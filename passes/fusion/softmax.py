@@ -30,7 +30,8 @@ from the original where the original is not finite; output verification, which c
 the two, sees a difference only on inputs that reach those ranges.
 
 Refuses (a near miss, with the reason) when: the reductions are not over one constant axis,
-or over different axes, or drop the reduced axis (``keepdims=0``); the input is not a
+or over different axes (``-1`` beside ``3`` is one axis of a 4-D input: where the graph records
+no rank, it is inferred first), or drop the reduced axis (``keepdims=0``); the input is not a
 float tensor; or the axis is not known to be the last: ONNX Runtime's CPU ``Softmax``
 moves another axis last and back, and ran a softmax over the channels of ``[1, 2, 1024,
 1024]`` logits 3.1x slower than the ops written out (``[1, 6, 128, 128]``: 7.5x; review s79
@@ -67,12 +68,39 @@ def _single_axis(node: ir.Node, data: ir.Value) -> int | str:
         axes = constant_array(node.inputs[1])
         axes = axes.reshape(-1).tolist() if axes is not None else None
     else:
-        attr = node.attributes.get("axes")
-        axes = list(attr.as_ints()) if attr is not None else None
+        attr = node.attributes.get("axes")  # a function's reference to its caller's axes is no constant
+        axes = list(attr.as_ints()) if attr is not None and not attr.is_ref() else None
     if axes is None or len(axes) != 1:
         return f"the {node.op_type} is not over one constant axis"
     data_rank = rank(data)
     return axes[0] % data_rank if data_rank is not None else axes[0]
+
+
+def _reduced_axis(x: ir.Value, total: ir.Value, peak: ir.Value | None) -> int | str:
+    """The one axis the sum (and the max) reduce, non-negative where ``x``'s rank is known, or why not."""
+    axes = [_single_axis(total.producer(), x)]
+    if peak is not None:
+        axes.append(_single_axis(peak.producer(), x))
+    reason = next((a for a in axes if isinstance(a, str)), None)
+    if reason is not None:
+        return reason
+    if len(set(axes)) != 1:
+        if rank(x) is None and min(axes) < 0 <= max(axes):
+            return _NO_SHAPE  # -1 beside 3 is one axis of a 4-D input: the retry infers the rank
+        return "the max and the sum reduce different axes"
+    return axes[0]
+
+
+def _stable_form_waits(x: ir.Value, total: ir.Value) -> bool:
+    """True if ``x`` is ``a - ReduceMax(a)`` whose max and the sum spell one axis apart (``3``, ``-1``) on an ``a`` of
+    unknown rank: the stable form's rule fuses it whole once the retry infers the rank (the plain one keeps the max)."""
+    node = x.producer()
+    if node is None or node.op_type != "Sub" or node.inputs[1] is None or node.inputs[1].producer() is None:
+        return False
+    peak = node.inputs[1]
+    if peak.producer().op_type != "ReduceMax" or peak.producer().inputs[0] is not node.inputs[0]:
+        return False
+    return _reduced_axis(node.inputs[0], total, peak) == _NO_SHAPE
 
 
 class _ExpSoftmax(pattern.RewriteRuleClassBase):
@@ -93,18 +121,15 @@ class _ExpSoftmax(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         if x.dtype not in _FLOATS:
             return result.fail("the input is not a float tensor")
-        axes = [_single_axis(total.producer(), x)]
-        if peak is not None:
-            axes.append(_single_axis(peak.producer(), x))
-        reason = next((a for a in axes if isinstance(a, str)), None)
-        if reason is not None:
-            return result.fail(reason)
-        if len(set(axes)) != 1:
-            return result.fail("the max and the sum reduce different axes")
-        data_rank = rank(x)
-        if axes[0] != -1 and data_rank is None:
+        axis = _reduced_axis(x, total, peak)
+        if isinstance(axis, str):
+            return result.fail(axis)
+        if peak is None and _stable_form_waits(x, total):
             return result.fail(_NO_SHAPE)
-        if axes[0] != -1 and axes[0] != data_rank - 1:
+        data_rank = rank(x)
+        if axis != -1 and data_rank is None:
+            return result.fail(_NO_SHAPE)
+        if axis != -1 and axis != data_rank - 1:
             # ONNX Runtime's CPU Softmax moves another axis last and back: over the channels of [1, 2, 1024, 1024]
             # logits at one thread 382 ms against 124 ms for the ops written out (1.31x the segmenter's time; review
             # s79 hunt17). Below opset 13 Softmax would normalize from the axis on, too.
@@ -177,18 +202,13 @@ class _TransposedExpSoftmax(pattern.RewriteRuleClassBase):
         result = pattern.MatchResult()
         if x.dtype not in _FLOATS:
             return result.fail("the input is not a float tensor")
-        axes = [_single_axis(total.producer(), x)]
-        if peak is not None:
-            axes.append(_single_axis(peak.producer(), x))
-        reason = next((a for a in axes if isinstance(a, str)), None)
-        if reason is not None:
-            return result.fail(reason)
-        if len(set(axes)) != 1:
-            return result.fail("the max and the sum reduce different axes")
-        order = _moved_last(moved.producer(), axes[0], rank(x))
+        axis = _reduced_axis(x, total, peak)
+        if isinstance(axis, str):
+            return result.fail(axis)
+        order = _moved_last(moved.producer(), axis, rank(x))
         if isinstance(order, str):
             return result.fail(order)
-        reason = _laid_out_as(laid.producer(), total, order, axes[0])
+        reason = _laid_out_as(laid.producer(), total, order, axis)
         return result.fail(reason) if reason is not None else result
 
     def rewrite(self, op, x, moved, **_):
