@@ -276,6 +276,7 @@ def optimize_with_report(
                     ir_model, verifier, options.dims, lengths.cap, table_ends_within=ends_within
                 ):
                     notes.append(note)
+                verifier.long_positions = (options.dims, options.max_sequence)
                 verifier.length_sets = functools.partial(
                     _lengths_a_rewrite_compares, ir_model, verifier, options.dims, lengths.cap
                 )

@@ -370,7 +370,8 @@ def _add_pipeline_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="longest sequence the result must support where a fusion bakes in a table or a probed fact "
-        "(rotary cos/sin, attention mask kind, position ids; default 4096)",
+        "(rotary cos/sin, attention mask kind, position ids), and that --fp16 checks what is computed from positions "
+        "at (default 4096)",
     )
     _add_precision_flags(parser)
     _add_pruning_flags(parser)

@@ -451,6 +451,8 @@ def _check_approximate(
                 f"it: {deployed.first_failure}",
                 measured_on=deployed.measured_on,
             )
+        if not (long := verifier.check_long_positions(twin.deployed, twin, model)).ok:
+            return long
         # The accuracy the pass reports is the deployed model's: the result run here on float32 kernels showed
         # (h + 3000) - 3000 at cosine 0.99999998, where float16 kernels keep 0.975 of it.
         if deployed.drift is not None:

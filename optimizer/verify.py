@@ -105,6 +105,7 @@ from optimizer.padding import (
     paddings,
     unpadded,
 )
+from optimizer.position_values import long_binding, position_cut, position_values
 from optimizer.protocol import Twin
 from optimizer.qdq_rewrites import layers_quantized_by_onnxruntime
 from optimizer.runtime import (
@@ -2740,6 +2741,8 @@ class Verifier:
         self.length_sets: (
             Callable[[ir.Model, ir.Model], tuple[list[tuple[dict[str, np.ndarray], str]], str | None]] | None
         ) = None
+        # Set by the API: the user's dims and ``--max-sequence``, the lengths ``check_long_positions`` draws.
+        self.long_positions: tuple[Mapping[str, int] | None, int] | None = None
         self.masks = mask_inputs(original, input_sets[0]) if input_sets else []
         self.caches = padded_caches(original)
         self.new_tokens = new_token_outputs(original)
@@ -4679,6 +4682,58 @@ class Verifier:
             drift=drift,
             error=f"{drift} on the verification inputs misses the accuracy budget ({self.budget.describe()})",
             measured_on=_input_sets(len(self.input_sets)),
+        )
+
+    def check_long_positions(self, deployed: ir.Model, twin: Twin, base: ir.Model) -> VerificationResult:
+        """The values ``base`` computes from positions and constants alone (``position_values``: a rotary table's angles
+        and ``Cos``/``Sin``) as ``deployed`` (float16 kernels' rounding, ``Twin.deployed``) computes them, against
+        ``twin``'s, at the longest length ``long_positions`` allows (``long_binding``: ``--max-sequence``, or a
+        position table's rows), where no input set reaches it: the graph that computes them alone (``position_cut``:
+        no attention, a cheap run at any length). Angles computed in float16 were within the twin's tolerance at the
+        257 tokens of the generated sets and 9.7x past it at 2,048 (review s79 mut); a float16 error that grows with
+        the length is seen here. Passes where ``long_positions`` is unset, nothing is computed from positions, or
+        no dim is drawn longer than the sets hold it."""
+        if self.long_positions is None or not (names := position_values(base)):
+            return VerificationResult()
+        from optimizer.inputs import dims_from_inputs, make_inputs, symbolic_dims  # here: inputs imports this module
+
+        dims, max_sequence = self.long_positions
+        held = [dims_from_inputs(self._original, inputs) for inputs in self.input_sets]
+        bound, longer = long_binding(self._original, dims, max_sequence, held)
+        if not longer:
+            return VerificationResult()
+        cuts = [position_cut(model, names, bound) for model in (twin.model, deployed)]
+        if cuts[0] is None or cuts[1] is None:
+            return VerificationResult()
+        (expected_cut, expected_fed), (actual_cut, actual_fed) = cuts
+        expected_model = ir.from_proto(expected_cut)
+        try:
+            inputs = make_inputs(expected_model, {k: v for k, v in bound.items() if k in symbolic_dims(expected_model)})
+        except InputSpecError:
+            return VerificationResult()
+        for name, (dtype, shape) in {**expected_fed, **actual_fed}.items():
+            inputs.setdefault(name, np.zeros(shape, dtype))
+        runs = []
+        for model in (expected_model, ir.from_proto(actual_cut)):
+            if any(value.name not in inputs or value.dtype is None for value in model.graph.inputs):
+                return VerificationResult()
+            fed = {
+                value.name: np.asarray(inputs[value.name]).astype(value.dtype.numpy()) for value in model.graph.inputs
+            }
+            try:
+                runs.append(run_model(model, fed))
+            except RuntimeRefusedError:  # the cut's or the model's at that length: the sets' checks stand alone
+                return VerificationResult()
+        expected, actual = runs
+        expected = {name: value for name, value in expected.items() if name in actual}
+        compared = compare_outputs(expected, actual, self._twin_tolerances(twin))
+        if compared.ok:
+            return VerificationResult()
+        length = ", ".join(f"'{name}' at {bound[name]}" for name in longer)
+        return VerificationResult(
+            error=f"with every activation it stores as float16 rounded to float16, the values it computes from "
+            f"positions alone differ from its twin's past the generated lengths ({length}): {compared.first_failure}",
+            failed_error=compared.max_abs_error,
         )
 
     def refuse_unrunnable_samples(self) -> None:

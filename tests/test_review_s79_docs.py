@@ -12,12 +12,7 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 79, and the README words that name its limit.
-_NAMED: dict[str, str] = {
-    "test_a_float16_error_that_grows_past_the_generated_lengths_is_rolled_back": (
-        "A float16 result is verified at the lengths the generated sets hold (128 and 257 tokens; a decoder's "
-        "positions up to 511): a float16 error that grows with the length past them is not seen there"
-    ),
-}
+_NAMED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

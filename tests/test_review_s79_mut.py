@@ -6,8 +6,8 @@ Found: ``convert-float16`` kept a rotary table's angles float32 where they were 
 integer positions, not where the positions were a float ``Range`` (``torch.arange(n, dtype=inv_freq.dtype)``, a table
 built in the graph) or the product an ``Einsum`` (``torch.einsum("i,j->ij", t, inv_freq)``: GPT-NeoX's, Falcon's, the
 older Llama's): the angles were computed in float16, within the twin's tolerance at the 257 tokens verification
-reaches, 9.7x past it at 2,048 (fixed). An error that grows with the length past the generated ones is still not seen
-(a strict xfail).
+reaches, 9.7x past it at 2,048 (fixed). An error that grows with the length past the generated ones was not seen (a
+strict xfail until review s79 xlong: what is computed from positions alone is checked at ``--max-sequence`` too).
 """
 
 from __future__ import annotations
@@ -102,15 +102,13 @@ def test_float16_keeps_the_angles_of_a_float_range_or_an_einsum_float32(spelling
     assert _worst_over_tolerance(_range_rotary(spelling), result, 2048) < 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float16 is verified at the generated lengths (128 and 257 tokens); angles computed in float16 are within "
-    "the twin's tolerance there and 9.7x past it at 2,048",
-)
 def test_a_float16_error_that_grows_past_the_generated_lengths_is_rolled_back():
     # The conversion before the fix above, built by keeping no angles: what a float16 rewrite wrong only at long
     # lengths looks like to verification.
     with mock.patch.object(float16, "_angles_kept", lambda model, blocked: []):
+        (unverified, _) = optimize_with_report(
+            _range_rotary(), passes=["convert-float16"], target="cuda", fp16=True, verify=False
+        )
         result, record = _float16(_range_rotary())
-    assert _worst_over_tolerance(_range_rotary(), result, 2048) > 5.0  # it is wrong at 2,048 tokens
+    assert _worst_over_tolerance(_range_rotary(), unverified, 2048) > 5.0  # it is wrong at 2,048 tokens
     assert record.status == STATUS_ROLLED_BACK, record.detail
