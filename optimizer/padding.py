@@ -14,7 +14,9 @@ not defined (exporters fill such rows with a uniform softmax, fused kernels with
 zeros or the first value). That includes a decoder's key/value cache at padded
 positions (``present.*``, ``[batch, heads, total_sequence, head_size]``): what later
 layers cache there comes from those undefined rows, and no real token reads it (the
-mask that pads it is extended, not changed, at each step of generation).
+mask that pads it is extended, not changed, at each step of generation), as long as it
+holds ordinary values: a NaN, an Inf, or a value far past any the original caches is
+compared (``hide_padded``), since the next step's ``q . k`` of it is not masked away.
 """
 
 from __future__ import annotations
@@ -1449,6 +1451,16 @@ def _dim_value(dim: object) -> str | None:
     return dim.value if type(dim) is not int and isinstance(dim, ir.SymbolicDim) and dim.value else None
 
 
+# How far past the largest value of the original's cache a padded position's value may lie and still be hidden.
+_PADDED_CACHE_BOUND = 16.0
+
+
+def _largest_finite(array: np.ndarray) -> float:
+    """The largest finite magnitude in ``array`` (0 where it has none)."""
+    finite = np.abs(array[np.isfinite(array)])
+    return float(finite.max()) if finite.size else 0.0
+
+
 def hide_padded(
     outputs: Mapping[str, object],
     padding: np.ndarray | Paddings | None,
@@ -1465,7 +1477,8 @@ def hide_padded(
     are touched, the ``caches`` (``cache_outputs``) laid out ``[batch, heads, sequence, d]`` (or stacked, ``[2, batch,
     heads, sequence, d]``: ``stacked_cache_outputs``), and a decoder's
     ``new_tokens`` outputs (``NewTokens.outputs``: ``[batch, new, ...]``) on a mask's last ``new`` positions,
-    where that mask is ``past`` (``NewTokens.past_length``) plus the new tokens.
+    where that mask is ``past`` (``NewTokens.past_length``) plus the new tokens. A NaN or Inf the reference lacks is
+    never hidden, nor a cache value past ``_PADDED_CACHE_BOUND`` times the largest of the reference's cache (or 1).
     """
     shaped = by_shape(padding)
     if not shaped:
@@ -1504,6 +1517,11 @@ def hide_padded(
         # A NaN or Inf the reference does not have is never hidden: a cache slot left unwritten
         # is read again (with weight 0, and 0 * NaN is NaN) at the next step.
         where = where & (np.isfinite(value) | ~np.isfinite(expected))
+        if name in caches:
+            # Nor is a cache value far past any the original caches: the next step's q . k of a key holding the
+            # mask's fill (float32's lowest) overflows to an infinity no additive mask takes back, and a key
+            # 1e3 times the others outgrows a -1e4 fill (until review s79 mut2 such a cache was verified).
+            where = where & (np.abs(value) <= _PADDED_CACHE_BOUND * max(_largest_finite(expected), 1.0))
         hidden[name] = np.where(where, expected, value)
     return hidden
 
