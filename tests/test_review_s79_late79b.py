@@ -120,7 +120,7 @@ def test_on_avx512_a_refusal_names_which_conv_keeps_4_8_or_16_in_one_readable_li
     result = pruning(_basic_block())  # 16 a 3×3 Conv reads keep 14 → 16
     assert pruning.pruned == {}, pruning.pruned
     line = next(line for line in result.refusals if "rounds to none" in line)
-    assert "4, 8 or all 16 where a Conv of another kernel reads it" in line and "otherwise" not in line, line
+    assert "4, 8 or all 16 where neither a 1×1 nor a depthwise Conv reads it" in line and "otherwise" not in line, line
     assert "\n" not in line and _depth(line) == 1, line
 
 

@@ -95,7 +95,7 @@ _WIDE_BLOCK = 16
 _NARROW_COUNTS_SAID = {
     (16,): "all 16 where a depthwise Conv reads it or a Gemm or MatMul does",
     (4, 16): "4 or all 16 where a 1×1 Conv reads it",
-    (4, 8, 16): "4, 8 or all 16 where a Conv of another kernel reads it",
+    (4, 8, 16): "4, 8 or all 16 where neither a 1×1 nor a depthwise Conv reads it",
 }
 # Calibration samples (at least) that measure each group's gain for the global ranking.
 _GAIN_SAMPLES = 64
