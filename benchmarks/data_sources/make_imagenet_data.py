@@ -71,7 +71,7 @@ photograph is in more than one set:
   224]; review s79 t5b: at a 0.12 multiply-add cut it kept 0.906 / 0.924 top-1 on the two held-out sets against
   ai-benchmark's alone 0.875 / 0.924, docs/benchmarks.md).
 * ``manifest.json``: the source photograph of every view, by set (``eval``, ``calibration``,
-  ``eval_aib``, ``calibration_aib``, ``calibration_gc``; the ai-benchmark split also as
+  ``eval_aib``, ``calibration_aib``, ``calibration_gc``, ``calibration_ocv``; the ai-benchmark split also as
   ``split_aib``, the GCompris photographs too small to use as ``skipped_gc``) and, with
   ``--model``, the float model's accuracy on the labelled views (measured 2026-11-30: 0.80 on
   the 20 whole photographs, 0.775 on all 160 views; EfficientNet-Lite0's published ImageNet
