@@ -12,7 +12,12 @@ from tests.helpers import strict_xfails
 _ROOT = Path(__file__).resolve().parent.parent
 
 # Each strict xfail added in session 79, and the README words that name its limit.
-_NAMED: dict[str, str] = {}
+_NAMED: dict[str, str] = {
+    "test_float16_of_a_low_contrast_input_is_held_to_a_twin_that_rounds_that_input_too": (
+        "The twin the result is checked against rounds the weights alone and is compared end to end (not segment by "
+        "segment, as int8's is): a float input the result casts to float16 is not rounded in it"
+    ),
+}
 
 
 @pytest.fixture(scope="module")
