@@ -228,31 +228,65 @@ def long_binding(
     max_sequence: int,
     held: Sequence[Mapping[str, int]],
 ) -> tuple[dict[str, int], list[str]]:
-    """The sizes ``model``'s named input dims are checked at beyond the verification sets: a batch at 1, a decoder's
-    past at none, the user's ``dims`` as given, every other dim at ``max_sequence`` (``--max-sequence``) or the rows
-    of a position table it indexes where fewer (``position_table_lengths``: BERT refuses past 512 positions); and the
-    dims so drawn longer than every set of ``held`` holds them (none: nothing to check there)."""
+    """The sizes ``model``'s named input dims are checked at beyond the verification sets: a batch at 1, the user's
+    ``dims`` as given, every other dim at ``max_sequence`` (``--max-sequence``) or the rows of a position table it
+    indexes where fewer (``position_table_lengths``: BERT refuses past 512 positions), but a decoder's past at none
+    where its new tokens are drawn so long, else at that length less the new tokens (a decode step's one token, fixed
+    by the model or by ``dims``: its position is the past's length); and the dims so drawn longer than every set of
+    ``held`` holds them (none: nothing to check there). A decode step's past was drawn at 4096 until review s79
+    late79e: then it ran unchecked where ``dims`` fixed its new tokens, and else at the one position 4,096, a power of
+    two that every float16 ``inv_freq`` times it is exact at, so angles computed in float16 were kept."""
     from optimizer.compared_inputs import position_table_lengths  # here: it imports the verifier's module
-    from optimizer.inputs import batch_dims, cache_length_dims, symbolic_dims
+    from optimizer.inputs import (
+        _ENCODER_NAME,
+        _MASK_NAME,
+        _PAST_NAME,
+        batch_dims,
+        cache_length_dims,
+        runtime_inputs,
+        symbolic_dims,
+    )
 
     dims = dict(dims or {})
     batches = set(batch_dims(model))
-    pasts = {past for past, _ in cache_length_dims(model).values()}
+    pasts = {past: sequence for past, sequence in cache_length_dims(model).values()}
     tables = position_table_lengths(model)
+    lengths = [name for name in symbolic_dims(model) if name not in batches]
+    # A cache's length dim beside one other length (the new tokens, as ``cache_length_dims`` finds them but by
+    # name), or none: the new tokens fixed (a decode step's one token, ``input_ids [batch, 1]``). A cache or a mask
+    # holding one is no new tokens.
+    held_by: dict[bool, set[str]] = {True: set(), False: set()}
+    for value in runtime_inputs(model):
+        name = value.name or ""
+        cache = bool(_PAST_NAME.search(name)) and not _ENCODER_NAME.search(name)
+        if value.shape is not None and (cache or not _MASK_NAME.search(name)):
+            held_by[cache] |= {
+                dim.value for dim in value.shape if isinstance(dim, ir.SymbolicDim) and dim.value in lengths
+            }
+    if len(held_by[True]) == 1 and len(held_by[False]) <= 1:
+        pasts.update((past, next(iter(held_by[False]), None)) for past in held_by[True] if past not in pasts)
     bound: dict[str, int] = {}
-    longer = []
     for name in symbolic_dims(model):
         if name in dims:
             bound[name] = dims[name]
         elif name in batches:
             bound[name] = 1
-        elif name in pasts:
-            bound[name] = 0
+        elif name in pasts and pasts[name] not in dims and pasts[name] in symbolic_dims(model):
+            bound[name] = 0  # the new tokens are drawn long: positions 0 to the longest
         else:
-            bound[name] = min(max_sequence, tables.get(name, max_sequence))
-            if all(bound[name] > sizes.get(name, 0) for sizes in held):
-                longer.append(name)
+            longest = min(max_sequence, tables.get(name, max_sequence))
+            if name in pasts:  # the new tokens given or fixed: the past takes the rest of the longest length
+                longest = min(longest, tables.get(pasts[name], longest))  # a table their positions index
+                longest = max(longest - dims.get(pasts[name], 1), 0)
+            bound[name] = longest
     for total, (past, sequence) in cache_length_dims(model).items():
         if total in bound and total not in dims:
             bound[total] = bound.get(past, 0) + bound.get(sequence, 0)
+    # Read after the sums: a mask's length drawn at 4096 then summed to the 16 new tokens the user gave was called
+    # longer than the sets, and the check said 4096 of a run at 16.
+    longer = [
+        name
+        for name in bound
+        if name not in dims and name not in batches and all(bound[name] > sizes.get(name, 0) for sizes in held)
+    ]
     return bound, longer

@@ -2648,6 +2648,28 @@ def _streamed_drift(
         return paired_drift(pairs(), *class_score_layout(original), argmax_outputs(original))
 
 
+def _well_within(expected: Any, actual: Any, tolerances: Mapping[str, Tolerance]) -> bool:
+    """Whether ``actual`` is within half of ``expected``'s dtype's tolerance or equal everywhere (same shape and float
+    dtype, no NaN): what passes so passes ``compare_outputs`` too, computed block by block in the dtype itself. For the
+    long-length check (``check_long_positions``), whose values grow as the square of the length: ``compare_outputs``'
+    float64 statistics took 12.5 of its 14.2 s and 0.55 GB more on a distance bias ``[4, 4096, 4096]`` (review s79
+    late79e); a value outside it is compared by ``compare_outputs`` as before, for the verdict and the report."""
+    if not isinstance(expected, np.ndarray) or not isinstance(actual, np.ndarray):
+        return False
+    if expected.shape != actual.shape or expected.dtype != actual.dtype or expected.dtype.kind != "f":
+        return False
+    if (tolerance := tolerances.get(_dtype_key(expected.dtype))) is None:
+        return False
+    e, a = expected.reshape(-1), actual.reshape(-1)
+    for start in range(0, e.size, _COMPARE_BLOCK):
+        block = slice(start, start + _COMPARE_BLOCK)
+        with np.errstate(over="ignore", invalid="ignore"):  # an infinity both hold (T5's log of distance 0) is equal
+            within = np.abs(a[block] - e[block]) <= (tolerance.atol + tolerance.rtol * np.abs(e[block])) / 2
+            if not ((within & np.isfinite(e[block])) | (a[block] == e[block])).all():  # -inf's is no tolerance of inf
+                return False
+    return True
+
+
 def _dtype_key(dtype: np.dtype) -> str:
     # ml_dtypes' bfloat16 reports its name as 'bfloat16'; numpy's own floats by name.
     return str(dtype.name)
@@ -4727,7 +4749,10 @@ class Verifier:
                 return VerificationResult()
         expected, actual = runs
         expected = {name: value for name, value in expected.items() if name in actual}
-        compared = compare_outputs(expected, actual, self._twin_tolerances(twin))
+        tolerances = self._twin_tolerances(twin)
+        if all(_well_within(expected[name], actual[name], tolerances) for name in expected):
+            return VerificationResult()
+        compared = compare_outputs(expected, actual, tolerances)
         if compared.ok:
             return VerificationResult()
         length = ", ".join(f"'{name}' at {bound[name]}" for name in longer)
