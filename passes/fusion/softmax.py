@@ -103,18 +103,23 @@ def _stable_form_waits(x: ir.Value, total: ir.Value) -> bool:
     return _reduced_axis(node.inputs[0], total, peak) == _NO_SHAPE
 
 
+def _exps_and_sum(op, x, shifted: bool):
+    """The pattern's ``Exp(x [- ReduceMax(x)])`` (its max bound as ``peak``) and their ``ReduceSum`` (as ``total``)."""
+    if shifted:
+        peak = op.ReduceMax(x, _allow_other_inputs=True, _outputs=["peak"])
+        exps = op.Exp(op.Sub(x, peak))
+    else:
+        exps = op.Exp(x)
+    return exps, op.ReduceSum(exps, _allow_other_inputs=True, _outputs=["total"])
+
+
 class _ExpSoftmax(pattern.RewriteRuleClassBase):
     def __init__(self, shifted: bool) -> None:
         super().__init__(name="ExpSoftmax(max subtracted)" if shifted else "ExpSoftmax")
         self._shifted = shifted
 
     def pattern(self, op, x):
-        if self._shifted:
-            peak = op.ReduceMax(x, _allow_other_inputs=True, _outputs=["peak"])
-            exps = op.Exp(op.Sub(x, peak))
-        else:
-            exps = op.Exp(x)
-        total = op.ReduceSum(exps, _allow_other_inputs=True, _outputs=["total"])
+        exps, total = _exps_and_sum(op, x, self._shifted)
         return op.Div(exps, total)
 
     def check(self, context, x, total, peak=None, **_) -> pattern.MatchResult:
@@ -186,12 +191,7 @@ class _TransposedExpSoftmax(pattern.RewriteRuleClassBase):
         self._layout = layout
 
     def pattern(self, op, x):
-        if self._shifted:
-            peak = op.ReduceMax(x, _allow_other_inputs=True, _outputs=["peak"])
-            exps = op.Exp(op.Sub(x, peak))
-        else:
-            exps = op.Exp(x)
-        total = op.ReduceSum(exps, _allow_other_inputs=True, _outputs=["total"])
+        exps, total = _exps_and_sum(op, x, self._shifted)
         if self._layout == "Reshape":
             laid = op.Reshape(total, _allow_other_inputs=True, _allow_other_attributes=True, _outputs=["laid"])
         else:
