@@ -513,6 +513,9 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
         probe, expected = batches[:count], reference[:count]
         comparable = {}
         for group in track(groups, "pruning: each layer's effect on the outputs"):
+            if _counts(group) == [group.size]:  # kept whole at any ratio (``_kept``): no trial run
+                comparable[group.name] = scores[group.name]
+                continue
             local = scores[group.name] ** 2
             effect = self._uncompensated.get(group.name, scores[group.name]) ** 2
             count = min(group.size - 1, max(1, int(math.floor(self._ratio_of(group, self.ratios) * group.size))))
@@ -541,13 +544,19 @@ class PruningPass(GraphoptPass, ir.passes.InPlacePass):
 
         Across groups the scores are compared as they are when ``comparable`` (effects on
         the model's outputs), otherwise each over its group's mean. Each kind removes its
-        ratio of all its units (of their total cost, with ``unit_cost``); every group keeps at least one.
+        ratio of all its units (of their total cost, with ``unit_cost``) but those of groups no count but the whole
+        width is kept of (``_counts``); every group keeps at least one.
         """
         ratios = ratios if isinstance(ratios, Mapping) else {None: ratios}
         if self.ranking == "global":
             removed: dict[str, set[int]] = {g.name: set() for g in groups}
             for kind in dict.fromkeys(g.kind for g in groups):
-                members = [g for g in groups if g.kind == kind]
+                # A group whose only kept count is its width (16 channels a depthwise Conv or a Gemm reads on AVX-512,
+                # ``_counts``) is no part of the pool: units ranked there were rounded back, and the ratio went
+                # uncut (0.5 of a 16-wide such group and an 8-wide one removed 3 channels, not 4; review s79 late79d).
+                members = [g for g in groups if g.kind == kind and _counts(g) != [g.size]]
+                if not members:
+                    continue
                 costs = {g.name: self.unit_cost(g) for g in members}
                 if any(cost is None for cost in costs.values()):
                     costs = dict.fromkeys(costs, 1.0)
@@ -804,6 +813,11 @@ def _rounding_note(
     whole = whole or {}
     left = [f"{name} {count}/{size} → {size}/{size}" for name, (count, size) in whole.items()]
     left_said = f"; rounded back to the whole width: {_first_three(left)}" if left else ""
+    # A group of one AVX-512 block rounded back from a multiple of 4 (12 of 16) is not explained by "multiples of 4"
+    # (EfficientNet-Lite0 at 0.25: "node_Conv_801 12/16 → 16/16" without a word; review s79 late79d).
+    rounded = {tuple(_counts(g) or ()) for g in groups if g.name in whole and g.size == _WIDE_BLOCK}
+    if why := [_NARROW_COUNTS_SAID[counts] for counts in sorted(rounded, key=len) if counts in _NARROW_COUNTS_SAID]:
+        left_said += f" (of one block of {_WIDE_BLOCK} only counts that ran faster than 16 are kept: {'; '.join(why)})"
     if (block := _block()) is None:
         if not multiples:
             return None
