@@ -22,7 +22,8 @@ reproduced exactly gets none). An element may
 differ by up to ``NOISE_FACTOR`` times its row's noise as well: a rewrite is held to
 the tolerance, or to the rounding the original already shows at that token under
 ONNX Runtime's own exact rewrites, whichever is larger, and never by more than
-``NOISE_CAP`` of the output's RMS, save what those rewrites moved that row by themselves. Per row, so that one
+``NOISE_CAP`` of the output's RMS, save what those rewrites moved that row by themselves where few rows moved so
+far. Per row, so that one
 fragile token (an attention sink with huge activations) loosens no other; on inputs
 where ORT's rewrites change nothing measurable, the tolerance alone applies.
 """
@@ -4867,7 +4868,8 @@ class Verifier:
     @staticmethod
     def _noise_rows(optimized: Mapping[str, Any], reference: Mapping) -> dict[str, float]:
         """Per float output of ``reference``, its rows' distance from ``optimized`` (the same model at
-        ORT_ENABLE_ALL), each row at least the median noisy row's, capped (``_float_noise``)."""
+        ORT_ENABLE_ALL), each row at least the median noisy row's, capped (``_float_noise``) save, where a minority
+        of rows moved past the cap, each such row's own distance over ``NOISE_FACTOR``."""
         noise = {}
         for name, expected in reference.items():
             got = optimized.get(name)
@@ -4893,6 +4895,11 @@ class Verifier:
                 # ORT's own rewrites moved it by, once (not NOISE_FACTOR times, nor the median's): where those
                 # already give that row another answer (a segmenter's generated sample whose logits they move by up
                 # to 521), a rewrite that moves it less is no different answer (review s79 xseg).
+                # Only where those rows are few: where ORT's rewrites move most rows past the cap, the set gives
+                # no answer to hold a rewrite to (a chaotic generated set: every row loosened, a gain 3 % off on
+                # every output verified), and the cap holds (review s79 late79f).
+                if np.count_nonzero(own > NOISE_CAP * rms) * 2 > own.size:
+                    own = np.zeros_like(own)
                 noise[name] = np.maximum(np.minimum(rows, NOISE_CAP * rms / NOISE_FACTOR), own / NOISE_FACTOR)
         return noise
 
