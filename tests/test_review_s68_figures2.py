@@ -20,7 +20,7 @@
    twin kept float32 activations, but not a tolerance to widen: the unfused rotary table computes its angles
    ``position * inv_freq`` in float16, 231 radians to a step of 0.125, and the keys were 0.0195 off the float
    model (6 % of an element). The angles computed from positions, and their ``Cos``/``Sin``, are now kept float32
-   (``passes.quantization.float16._angles_kept``): the result verifies at 0.0005 off its twin, 0.00045 off the
+   (``passes.quantization.float16._positions_kept``): the result verifies at 0.0005 off its twin, 0.00045 off the
    float model, under the same twin and tolerance.
 """
 

@@ -17,9 +17,6 @@ _NAMED: dict[str, str] = {
         "The twin the result is checked against rounds the weights alone and is compared end to end (not segment by "
         "segment, as int8's is): a float input the result casts to float16 is not rounded in it"
     ),
-    "test_a_distance_bias_computed_in_float16_past_2048_positions_is_rolled_back": (
-        "a distance bias computed in float16 from positions past 2,048"
-    ),
 }
 
 

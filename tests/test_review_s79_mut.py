@@ -105,7 +105,7 @@ def test_float16_keeps_the_angles_of_a_float_range_or_an_einsum_float32(spelling
 def test_a_float16_error_that_grows_past_the_generated_lengths_is_rolled_back():
     # The conversion before the fix above, built by keeping no angles: what a float16 rewrite wrong only at long
     # lengths looks like to verification.
-    with mock.patch.object(float16, "_angles_kept", lambda model, blocked: []):
+    with mock.patch.object(float16, "_positions_kept", lambda model, blocked: []):
         (unverified, _) = optimize_with_report(
             _range_rotary(), passes=["convert-float16"], target="cuda", fp16=True, verify=False
         )

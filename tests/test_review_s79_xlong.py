@@ -64,7 +64,7 @@ def _float16(model: ir.Model, **options):
 def test_float16_angles_of_position_ids_wrong_only_past_the_sets_are_rolled_back():
     # The conversion that keeps no angle float32 (the pass before review s68 figures2): its angles at position 4,095
     # are rounded to a step of 2 radians in float16, at 256 to 0.125.
-    with mock.patch.object(float16, "_angles_kept", lambda model, blocked: []):
+    with mock.patch.object(float16, "_positions_kept", lambda model, blocked: []):
         _, record = _float16(_position_ids_rotary())
     assert record.status == STATUS_ROLLED_BACK, record.detail
     assert "'sequence' at 4096" in record.detail, record.detail

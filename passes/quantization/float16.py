@@ -74,7 +74,7 @@ _STATISTIC_OPS = (
 # Ops whose constant operands are bounds: clamping such a bound to float16's range
 # changes the result only where the Cast to float16 after it would overflow (it then
 # saturates at +-65504 instead of becoming infinite). Clip's bounds are inputs 1 and 2.
-# Ops that carry a rotary angle computed from positions (``_angles_kept``): only input 0 of the ``_SHAPED_OPS`` is data.
+# Ops that carry a rotary angle computed from positions (``_angles``): only input 0 of the ``_SHAPED_OPS`` is data.
 _ANGLE_OPS = (
     *("Mul", "MatMul", "Einsum", "Div", "Add", "Sub", "Neg", "Identity", "Cast", "Transpose", "Concat", "Tile"),
     "Range",
@@ -99,7 +99,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
     default block list (ops without float16 kernels: TopK, NonMaxSuppression, Range, ...), and
     the statistics computed from a kept reduction and constants alone, with a square only
     reductions read (``_statistics_kept``: named to the converter's ``node_block_list``), and the angles a rotary table
-    computes from positions with their ``Cos``/``Sin`` (``_angles_kept``: 231 radians in float16 is 0.125 off). A
+    computes from positions with their ``Cos``/``Sin`` (``_positions_kept``: 231 radians in float16 is 0.125 off),
+    and every float computed from positions and constants alone (an ALiBi distance: 2,049 is 2,048 in float16). A
     value both computed and read by ops kept float32 stays float32 between them (``_float32_edges``), as does a float
     ``Constant`` that only they read (``_kept_constants_lifted``); keeping I/O types, a graph output such a value is
     too is returned float32 (``_kept_outputs_returned``).
@@ -173,8 +174,8 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             common_passes.InlinePass()(model)
             self.note("local functions inlined (the converter does not convert their bodies)")
         statistics_kept = _statistics_kept(model, set(blocked))
-        angles_kept = _angles_kept(model, set(blocked))
-        kept_nodes = {node.name for node in (*statistics_kept, *angles_kept)}
+        positions_kept = _positions_kept(model, set(blocked))
+        kept_nodes = {node.name for node in (*statistics_kept, *positions_kept)}
         _kept_constants_lifted(model.graph, set(blocked), kept_nodes)
         if self.keep_io_types:
             kept_nodes.update(node.name for node in _kept_outputs_returned(model.graph, set(blocked), kept_nodes))
@@ -252,8 +253,9 @@ class Float16Pass(GraphoptPass, ir.passes.FunctionalPass):
             return self.result(given.clone(), modified=False)
         kept = sum(1 for node in ir.traversal.RecursiveGraphIterator(result.graph) if node.op_type in self.block_ops)
         with_them = f", {len(statistics_kept)} computing their statistics with them" if statistics_kept else ""
-        if angles_kept:
-            with_them += f", {len(angles_kept)} computing rotary angles from positions (and their Cos/Sin)"
+        if positions_kept:
+            with_them += f", {len(positions_kept)} computing rotary angles from positions (and their Cos/Sin) or "
+            with_them += "other floats (distances)"
         self.note(f"float16; {kept} sensitive nodes kept float32{with_them}")
         twin = Twin(
             float16_twin(model, blocked, keep_io_types=self.keep_io_types, kept_nodes=kept_nodes),
@@ -481,17 +483,101 @@ def _statistics_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
     return kept
 
 
-def _angles_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
-    """The nodes of ``model``'s main graph, other than blocked ones (a float ``Range`` aside), that compute an angle
-    from positions for a ``Cos`` or ``Sin`` (a rotary table's ``position * inv_freq``), those ``Cos`` and ``Sin`` too,
-    each given a name no other node has (the converter blocks nodes by name), in place.
+def _positions_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph, other than blocked ones (a float ``Range`` aside), that compute a float
+    value from positions (a rotary table's ``position * inv_freq`` for a ``Cos`` or ``Sin``, those ``Cos`` and ``Sin``
+    too, an ALiBi bias ``slope * (j - i)``, T5's log of distances), each given a name no other node has (the converter
+    blocks nodes by name), in place.
 
     An angle is the float result of a ``Cast`` of integers (positions), or of a ``_ANGLE_OPS`` node whose float
     operands are angles and constants, one at least an angle (a ``Range`` to the ``Cast`` of a length); a node
     computing one is kept where a ``Cos`` or ``Sin`` reads what it computes through angles alone. In float16 an angle
     of 231 radians is rounded to a step of 0.125: Llama's unfused rotary keys at position 231 moved 6 % (0.0126,
     present.0.key) off the float32-computing twin, and the conversion was rolled back. Kept float32, the angles are
-    exact as the input computes them; the ``Cos``/``Sin`` results, within [-1, 1], are what is cast to float16."""
+    exact as the input computes them; the ``Cos``/``Sin`` results, within [-1, 1], are what is cast to float16.
+
+    Kept too: every node computing a float value from positions and constants alone (``_position_floats``: the values
+    ``optimizer.position_values`` checks at the longest length), whatever reads it. Such a value grows with the length,
+    and float16's step with it: positions 2,049 and 2,051 are 2,048 and 2,052 in float16, so a neighbour's ALiBi
+    distance of 1 became 0 or 2 (its attention weight e times off), and was verified (review s79 late79e, xbias). Kept
+    float32, a distance is exact, and it is cast to float16 where the scores read it (a relative step of float16
+    there)."""
+    kept = {id(node): node for node in _angles(model, blocked)}
+    kept.update((id(node), node) for node in _position_floats(model) if node.op_type not in blocked - {"Range"})
+    shared = Counter(node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name)
+    names = set(shared)  # unique_name adds the names it gives
+    for node in kept.values():
+        if not node.name or shared[node.name] > 1:
+            node.name = unique_name(f"{node.name or node.op_type}_float32", names)
+    return list(kept.values())
+
+
+def _position_floats(model: ir.Model) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph whose float32 results are computed from positions and constants alone
+    (``optimizer.position_values._classified``'s floats, on the types ONNX's inference gives), the nodes computing the
+    float32 constants they read (``Expand(inv_freq, Shape(position_ids))``), and those that read such a value into
+    integers (T5's bucket ``Cast(log_distance, to=int64)``: it truncates the float32 value, not one cast to float16
+    for it)."""
+    from optimizer.position_values import _classified, _typed  # the checker's own notion of positions
+
+    if not any(node.op_type == "Cast" for node in model.graph):
+        return []
+    typed = _typed(model)
+    floats, alone = _classified(typed)
+    if not floats:
+        return []
+    dtypes = {value.name: value.dtype for node in typed.graph for value in node.outputs if value.name}
+    producers = {value.name: node for node in model.graph for value in node.outputs if value.name}
+
+    def float32(node: ir.Node) -> bool:
+        return all(dtypes.get(output.name) == ir.DataType.FLOAT for output in node.outputs)
+
+    def from_floats(node: ir.Node) -> bool:  # integers or booleans computed from a position float
+        data = [value for value in node.inputs if value is not None]
+        return (
+            not any(dtypes.get(output.name) in (None, ir.DataType.FLOAT) for output in node.outputs)
+            and any(value.name in floats for value in data)
+            and all(value.name in alone or value.const_value is not None for value in data)
+        )
+
+    # A Cos or Sin result is within [-1, 1] at any length: what is computed from it alone (``cos * attention_scaling``,
+    # its reshapes) is left to float16, as before; the Cos and Sin themselves are kept, reading their angles float32.
+    bounded: set[str] = set()
+    for node in typed.graph:
+        data = [value.name for value in node.inputs if value is not None and value.name in floats]
+        if node.op_type in ("Cos", "Sin") or (data and all(name in bounded for name in data)):
+            bounded.update(output.name for output in node.outputs if output.name in floats)
+    frontier = [
+        node
+        for node in model.graph
+        if node.domain in ("", "ai.onnx")
+        and node.outputs
+        and (
+            float32(node)
+            and all(output.name in floats for output in node.outputs)
+            and (node.op_type in ("Cos", "Sin") or not any(output.name in bounded for output in node.outputs))
+            or from_floats(node)
+        )
+    ]
+    kept: dict[int, ir.Node] = {}
+    while frontier:
+        node = frontier.pop()
+        if id(node) in kept:
+            continue
+        kept[id(node)] = node
+        for value in node.inputs:
+            producer = producers.get(value.name) if value is not None else None
+            if producer is not None and value.name in alone and float32(producer) and producer.op_type != "Constant":
+                frontier.append(producer)
+    return list(kept.values())
+
+
+def _angles(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
+    """The nodes of ``model``'s main graph that compute an angle for a ``Cos`` or ``Sin``, those ``Cos`` and ``Sin``
+    too (``_positions_kept``). An angle is the float result of a ``Cast`` of integers (positions, a timestep: any
+    integers), or of a ``_ANGLE_OPS`` node whose float operands are angles and constants, one at least an angle (a
+    ``Range`` to the ``Cast`` of a length); a node computing one is kept where a ``Cos`` or ``Sin`` reads what it
+    computes through angles alone."""
     if not any(node.op_type in ("Cos", "Sin") for node in model.graph):
         return []
     angles: dict[int, ir.Node] = {}  # an angle's id -> the node computing it
@@ -534,11 +620,6 @@ def _angles_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
             continue
         kept[id(node)] = node
         frontier.extend(computed[id(value)] for value in node.inputs if value is not None and id(value) in computed)
-    shared = Counter(node.name for node in ir.traversal.RecursiveGraphIterator(model.graph) if node.name)
-    names = set(shared)  # unique_name adds the names it gives
-    for node in kept.values():
-        if not node.name or shared[node.name] > 1:
-            node.name = unique_name(f"{node.name or node.op_type}_float32", names)
     return list(kept.values())
 
 
