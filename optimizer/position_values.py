@@ -31,7 +31,7 @@ def _constant(value: ir.Value) -> bool:
     return value.const_value is not None or (producer is not None and producer.op_type == "Constant")
 
 
-def _typed(model: ir.Model) -> ir.Model:
+def inferred_types(model: ir.Model) -> ir.Model:
     """A copy of ``model`` with the types and shapes ONNX's inference gives its values (a file may record none;
     onnx-ir's ``ShapeInferencePass`` leaves the large weights out of what it gives onnx), as far as it goes."""
     copy = model.clone()
@@ -39,10 +39,10 @@ def _typed(model: ir.Model) -> ir.Model:
     return copy
 
 
-def _classified(model: ir.Model) -> tuple[set[str], set[str]]:
+def classified_positions(model: ir.Model) -> tuple[set[str], set[str]]:
     """The names of ``model``'s main-graph values computed from positions (``position_values``: integers, and floats),
     and of all the values computed from positions and constants alone (those and the values computed from constants
-    alone, ``Expand(inv_freq, Shape(position_ids))``); ``model`` typed (``_typed``)."""
+    alone, ``Expand(inv_freq, Shape(position_ids))``); ``model`` typed (``inferred_types``)."""
     ints: set[str] = {
         value.name
         for value in model.graph.inputs
@@ -88,8 +88,8 @@ def position_values(model: ir.Model) -> list[str]:
     is computed from them where it is their ``Cast`` to float, or a float op's output whose data inputs (the first
     of a ``Reshape``, ``Gather``, ...) are such values, constants, or computed from constants alone, one at least a
     position value. A ``Gather`` of a constant table by positions reads a row, computes nothing: not one."""
-    model = _typed(model)
-    floats, _ = _classified(model)
+    model = inferred_types(model)
+    floats, _ = classified_positions(model)
     outputs = {value.name for value in model.graph.outputs}
     found = []
     for node in model.graph:
@@ -106,13 +106,13 @@ def position_cut(
     model: ir.Model, names: Sequence[str], dims: Mapping[str, int]
 ) -> tuple[onnx.ModelProto, dict[str, tuple[np.dtype, tuple[int, ...]]]] | None:
     """The nodes of ``model``'s main graph that compute those of ``names`` it computes from positions and constants
-    alone (``_classified``), with those values as its outputs, and the inputs a ``Shape`` or ``Size`` alone reads
-    made inputs fed at their shapes under ``dims`` (each a dtype and a shape); None where none is left. A value whose
-    computation reads an activation (a ``Shape`` of one whose shape is not known, the head size of ``1/sqrt(d)``) is
-    left out: the part of the graph computing it is no longer cheap, and a length grows no such value. So is one where
-    a node on the way holds a subgraph."""
-    model = _typed(model)
-    _, alone = _classified(model)
+    alone (``classified_positions``), with those values as its outputs, and the inputs a ``Shape`` or ``Size`` alone
+    reads made inputs fed at their shapes under ``dims`` (each a dtype and a shape); None where none is left. A value
+    whose computation reads an activation (a ``Shape`` of one whose shape is not known, the head size of ``1/sqrt(d)``)
+    is left out: the part of the graph computing it is no longer cheap, and a length grows no such value. So is one
+    where a node on the way holds a subgraph."""
+    model = inferred_types(model)
+    _, alone = classified_positions(model)
     producers = {value.name: node for node in model.graph for value in node.outputs if value.name}
     values = {value.name: value for node in model.graph for value in node.outputs}
     values.update((value.name, value) for value in model.graph.inputs)

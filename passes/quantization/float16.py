@@ -514,16 +514,16 @@ def _positions_kept(model: ir.Model, blocked: set[str]) -> list[ir.Node]:
 
 def _position_floats(model: ir.Model) -> list[ir.Node]:
     """The nodes of ``model``'s main graph whose float32 results are computed from positions and constants alone
-    (``optimizer.position_values._classified``'s floats, on the types ONNX's inference gives), the nodes computing the
-    float32 constants they read (``Expand(inv_freq, Shape(position_ids))``), and those that read such a value into
-    integers (T5's bucket ``Cast(log_distance, to=int64)``: it truncates the float32 value, not one cast to float16
-    for it)."""
-    from optimizer.position_values import _classified, _typed  # the checker's own notion of positions
+    (``optimizer.position_values.classified_positions``' floats, on the types ONNX's inference gives), the nodes
+    computing the float32 constants they read (``Expand(inv_freq, Shape(position_ids))``), and those that read such a
+    value into integers (T5's bucket ``Cast(log_distance, to=int64)``: it truncates the float32 value, not one cast to
+    float16 for it)."""
+    from optimizer.position_values import classified_positions, inferred_types  # the checker's own notion of positions
 
     if not any(node.op_type == "Cast" for node in model.graph):
         return []
-    typed = _typed(model)
-    floats, alone = _classified(typed)
+    typed = inferred_types(model)
+    floats, alone = classified_positions(typed)
     if not floats:
         return []
     dtypes = {value.name: value.dtype for node in typed.graph for value in node.outputs if value.name}
