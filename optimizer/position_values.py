@@ -63,6 +63,8 @@ def classified_positions(model: ir.Model) -> tuple[set[str], set[str]]:
         if integers:
             if any(value.name in ints for value in data):  # not a mask expanded to a length: Expand(mask, Shape(h))
                 ints |= names
+            elif inputs and all(value.name in fixed or _constant(value) for value in inputs):
+                fixed |= names  # a count of constants: ``Range(0, dim, 2)`` of an ``inv_freq`` computed in the graph
             continue
         if not all(value.dtype in _FLOATS for value in node.outputs):
             continue
