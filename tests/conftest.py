@@ -52,3 +52,13 @@ def _avx2_channel_block(monkeypatch):
     from passes.pruning import _base
 
     monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", 8)
+
+
+@pytest.fixture
+def avx512(monkeypatch):
+    """Pruning as on an x86 CPU with AVX-512F (ONNX Runtime's NCHWc block of 16), the suite's AVX2 pin undone."""
+    from optimizer.cpu_features import CpuFeatures
+    from passes.pruning import _base
+
+    monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", None)
+    monkeypatch.setattr(_base, "cpu_features", lambda: CpuFeatures("x86", frozenset({"avx2", "avx512f"})))

@@ -15,18 +15,8 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from optimizer.cpu_features import CpuFeatures
-from passes.pruning import _base
 from passes.pruning._groups import ChannelGroup
 from passes.pruning.channels import ChannelPruningPass
-
-AVX512 = CpuFeatures("x86", frozenset({"avx2", "avx512f"}))
-
-
-@pytest.fixture
-def avx512(monkeypatch):
-    monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", None)  # undo the suite's AVX2 pin: the faked CPU's block
-    monkeypatch.setattr(_base, "cpu_features", lambda: AVX512)
 
 
 @pytest.fixture(scope="module")

@@ -29,12 +29,6 @@ from passes.pruning.channels import ChannelPruningPass
 AVX512 = CpuFeatures("x86", frozenset({"avx2", "avx512f"}))
 
 
-@pytest.fixture
-def avx512(monkeypatch):
-    monkeypatch.setattr(_base, "CHANNEL_MULTIPLE", None)  # undo the suite's AVX2 pin: the faked CPU's block
-    monkeypatch.setattr(_base, "cpu_features", lambda: AVX512)
-
-
 def _group(width: int, *, depthwise: bool) -> ChannelGroup:
     """A ``width``-wide group a 1×1 Conv reads, through a depthwise Conv or not."""
     weight = ir.Value(name="w", shape=ir.Shape([8, width, 1, 1]))
